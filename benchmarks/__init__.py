@@ -1,0 +1,1 @@
+"""benchmarks: placeholder package, filled by later issues."""

@@ -1,0 +1,1 @@
+"""kernels: placeholder package, filled by later issues."""

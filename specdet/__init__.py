@@ -1,0 +1,1 @@
+"""specdet: deploy spatial + frequency-domain detectors of AI-generated images."""

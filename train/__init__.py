@@ -1,0 +1,1 @@
+"""train: placeholder package, filled by later issues."""
