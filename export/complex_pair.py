@@ -166,6 +166,11 @@ class ComplexPair:
     def __getitem__(self, index: Any) -> ComplexPair:
         return ComplexPair(self.re[index], self.im[index])
 
+    def __setitem__(self, index: Any, value: Any) -> None:
+        v_re, v_im = parts(value)
+        self.re[index] = v_re
+        self.im[index] = 0.0 if v_im is None else v_im
+
     def __repr__(self) -> str:
         return f"ComplexPair(shape={tuple(self.shape)}, dtype={self.dtype})"
 

@@ -35,6 +35,7 @@ from specdet.export.complex_pair import (
     apply_partwise,
     as_pair_or_value,
     is_pair_or_complex_scalar,
+    parts,
 )
 
 LOWERINGS = ("matmul", "dft")
@@ -221,6 +222,34 @@ _BINARY = {
 }
 
 
+# Ops linear in each of two tensor operands: complex products expand into four
+# real ones. Name -> position of the operands in the call.
+_BILINEAR = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum"}
+
+
+def _bilinear(func, args: tuple, kwargs: dict) -> Any:
+    name = func.__name__
+    if name == "einsum":
+        equation, *operands = args
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = list(operands[0])
+        if len(operands) != 2:
+            raise ComplexExportError("einsum on complex tensors is exported for two operands only")
+        call = lambda a, b: torch.einsum(equation, a, b)  # noqa: E731
+    else:
+        operands = list(args[:2]) if name != "__rmatmul__" else [args[1], args[0]]
+        call = torch.matmul
+    (a_re, a_im), (b_re, b_im) = (parts(as_pair_or_value(o)) for o in operands)
+    re, im = call(a_re, b_re), None
+    if a_im is not None and b_im is not None:
+        re = re - call(a_im, b_im)
+    if b_im is not None:
+        im = call(a_re, b_im)
+    if a_im is not None:
+        im = call(a_im, b_re) if im is None else im + call(a_im, b_re)
+    return ComplexPair(re, im)
+
+
 def _binary(name: str, a: Any, b: Any, alpha: Any = 1) -> Any:
     """``a <op> b`` where at least one side is a pair or a Python complex number."""
     operator, swap = _BINARY[name]
@@ -255,8 +284,14 @@ class ComplexLowering(TorchFunctionMode):
             return MATMUL_TRANSFORMS[func](*args, **kwargs)
         if func in UNSUPPORTED_TRANSFORMS:
             raise ComplexExportError(f"torch.fft.{func.__name__} cannot be exported; use rfft*/irfft*")
+        if _is_complex_dtype(kwargs.get("dtype")) and func.__name__ in _FACTORIES:
+            return _complex_factory(func, args, kwargs)
         values = (*args, *kwargs.values())
-        if any(is_pair_or_complex_scalar(v) for v in _flatten(values)):
+        if any(_is_complex(v) for v in _flatten(values)):
+            # Complex tensors that did not come from torch.fft (a complex
+            # parameter, say) join as pairs too.
+            args = tuple(_to_pairs(a) for a in args)
+            kwargs = {k: _to_pairs(v) for k, v in kwargs.items()}
             return self._complex_call(func, args, kwargs)
         out = func(*args, **kwargs)
         # Complex tensors made without torch.fft (a complex parameter, a
@@ -271,6 +306,8 @@ class ComplexLowering(TorchFunctionMode):
             return COMPLEX_FUNCTIONS[func](*args, **kwargs)
         if name in _BINARY:
             return _binary(name, *args, **kwargs)
+        if name in _BILINEAR:
+            return _bilinear(func, args, kwargs)
         if name in PARTWISE_OPS or name in SEQUENCE_OPS or name in SPLITTING_OPS:
             return apply_partwise(func, args, kwargs)
         # A method of the pair itself (reached as Tensor.abs, Tensor.exp, ...).
@@ -280,6 +317,36 @@ class ComplexLowering(TorchFunctionMode):
             f"{name or func} on a complex tensor cannot be exported yet; "
             "rewrite it with abs/angle/real/imag/mul/add or report it with the model code"
         )
+
+
+# Tensor factories asked for a complex dtype make a pair of real tensors.
+_FACTORIES = {"zeros", "ones", "empty", "full", "zeros_like", "ones_like", "empty_like", "full_like"}
+_REAL_DTYPE = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
+
+
+def _is_complex_dtype(dtype: Any) -> bool:
+    return isinstance(dtype, torch.dtype) and dtype.is_complex
+
+
+def _complex_factory(func, args: tuple, kwargs: dict) -> ComplexPair:
+    kwargs = {**kwargs, "dtype": _REAL_DTYPE[kwargs["dtype"]]}
+    if func.__name__.startswith("full"):
+        args = list(args)
+        fill = complex(kwargs.pop("fill_value") if "fill_value" in kwargs else args.pop())
+        return ComplexPair(func(*args, fill.real, **kwargs), func(*args, fill.imag, **kwargs))
+    real = func(*args, **kwargs)
+    # ones() is 1 + 0j: only the real part takes the factory's value.
+    return ComplexPair(real, torch.zeros_like(real))
+
+
+def _is_complex(value: Any) -> bool:
+    return is_pair_or_complex_scalar(value) or (isinstance(value, torch.Tensor) and value.is_complex())
+
+
+def _to_pairs(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_pair_or_value(v) for v in value)
+    return as_pair_or_value(value)
 
 
 def _flatten(values: Sequence[Any]):
