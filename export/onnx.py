@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tqdm import tqdm
 from specdet.errors import SpecdetError
 from specdet.export import plugin_ops
 from specdet.export.lowering import ComplexLowering
+from specdet.export.quiet import quiet_exporter
 from specdet.export.validate import ATOL, RTOL, ValidationReport, torch_outputs, validate
 from specdet.models import spectral
 
@@ -79,25 +78,11 @@ def resolve_fft(fft: str) -> str:
     return fft
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The dynamo exporter logs every step and warns about internals users cannot act on."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-
-
 def _trace(module: torch.nn.Module, path: Path, example: torch.Tensor, fft: str, opset: int,
            input_name: str, output_names: Sequence[str], max_batch: int) -> None:
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     try:
-        with _quiet_exporter():
+        with quiet_exporter():
             torch.onnx.export(
                 _Lowered(module, fft), (example,), str(path), dynamo=True, opset_version=opset, verbose=False,
                 input_names=[input_name], output_names=list(output_names), dynamic_shapes={"x": {0: batch}},

@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from specdet.errors import SpecdetError
 from specdet.export.lowering import ComplexLowering
+from specdet.export.quiet import quiet_exporter
 from specdet.models import spectral
 
 DOMAIN = "specdet"
@@ -135,12 +136,12 @@ def _function_body(op: PluginOp, node: onnx.NodeProto, shape: list[int], opset: 
     if "edges" in attrs:
         attrs["edges"] = list(attrs["edges"])
     example = torch.zeros([2, *shape[1:]])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_exporter():
         path = Path(tmp) / "body.onnx"
         torch.onnx.export(
             _MatmulLowered(op.reference(tuple(shape), attrs)), (example,), str(path), dynamo=True, opset_version=opset,
             input_names=["x"], output_names=["y"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-            external_data=False,
+            external_data=False, verbose=False,
         )
         graph = onnx.load(str(path)).graph
     constants = [

@@ -1,0 +1,6 @@
+"""Detector definitions shared by training, export and the runtimes."""
+
+from specdet.models.registry import create_model, default_preprocessing, list_models, model_config
+from specdet.models.scoring import ScoringModule
+
+__all__ = ["ScoringModule", "create_model", "default_preprocessing", "list_models", "model_config"]

@@ -23,6 +23,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 # Band edges are normalised radial frequencies: the distance of a bin from the
@@ -66,7 +67,11 @@ def radial_band_masks(h: int, w: int, edges: Sequence[float], centre: str = "zer
     0 and the last one takes every bin beyond the last edge, so every bin falls
     in exactly one ring and the bands sum back to the input.
     """
-    edges = [float(e) for e in edges]
+    # Rings are compared in float32 edges: the plugin node carries the edges as
+    # an ONNX float attribute (float32), and on square images the default edges
+    # fall exactly on lattice radii, so a float64 edge and its float32 rounding
+    # would put some bins in different rings.
+    edges = [float(np.float32(e)) for e in edges]
     if any(b <= a for a, b in zip(edges, edges[1:])):
         raise ValueError(f"band edges must be strictly increasing, got {edges}")
     r = radial_distance(h, w, centre)

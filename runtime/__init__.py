@@ -1,0 +1,21 @@
+"""Run an exported detector: ``Detector(artifact).predict(images)`` on torch or onnxruntime.
+
+Nothing here imports training code: preprocessing and threshold come from
+the checkpoint or the manifest beside the artifact.
+"""
+
+from specdet.runtime.base import BACKENDS, Runner, TensorSpec, create_runner
+from specdet.runtime.detector import Detector, Result
+from specdet.runtime.preprocess import ImageError, load_image, preprocess
+
+__all__ = [
+    "BACKENDS",
+    "Detector",
+    "ImageError",
+    "Result",
+    "Runner",
+    "TensorSpec",
+    "create_runner",
+    "load_image",
+    "preprocess",
+]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from specdet.errors import SpecdetError
+from specdet.errors import SpecdetError  # noqa: F401  (re-exported for the CLIs)
 
 # Exit status of a command that stopped on a user error (bad file, bad flag).
 EXIT_USER_ERROR = 2

@@ -1,0 +1,129 @@
+"""The runner interface every backend implements, and the registry of backends.
+
+A runner loads one artifact and turns a preprocessed batch into scores. Its
+public :meth:`Runner.infer` checks the batch against the artifact's input
+spec and raises a one-line :class:`SpecdetError` before the backend's own
+:meth:`Runner._infer` ever sees a bad input (Polygraphy's runner pattern).
+Runners do not time themselves: the benchmarks do, around ``infer``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+from specdet.errors import SpecdetError
+
+OUTPUT_NAMES = ("logit", "probability")
+
+# Backend name -> "module:Class". Imported on first use, so a backend's
+# library (onnxruntime, tensorrt) is needed only when that backend is chosen.
+BACKENDS = {
+    "torch": "specdet.runtime.torch_runner:TorchRunner",
+    "onnxruntime": "specdet.runtime.onnxruntime_runner:OnnxRuntimeRunner",
+}
+
+# Artifact suffix -> backend used when none is named.
+DEFAULT_BACKENDS = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Union[int, str], ...]  # a string names a dynamic axis, e.g. "batch"
+    dtype: str  # numpy dtype name, e.g. "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactInfo:
+    """What a runner learned from its artifact (checkpoint or manifest)."""
+
+    architecture: str
+    preprocessing: dict[str, Any]
+    threshold: float
+    input: TensorSpec
+    max_batch: int | None  # None: no limit
+
+
+class Runner(abc.ABC):
+    """One loaded artifact. Subclasses take ``(artifact, *, arch=None, threads=None)``,
+    load the artifact, and pass what they learned to ``Runner.__init__``."""
+
+    name: ClassVar[str]  # the backend's key in BACKENDS
+
+    def __init__(self, artifact: str | os.PathLike, info: ArtifactInfo):
+        self.artifact = Path(artifact)
+        self.info = info
+
+    def input_spec(self) -> TensorSpec:
+        return self.info.input
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Score a preprocessed batch: ``{"logit": [N], "probability": [N]}``, float32."""
+        self._check_input(batch)
+        outputs = self._infer(batch)
+        count = batch.shape[0]
+        return {name: np.asarray(outputs[name], dtype=np.float32).reshape(count) for name in OUTPUT_NAMES}
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the backend on a batch already checked against :meth:`input_spec`."""
+
+    def _check_input(self, batch: Any) -> None:
+        spec = self.info.input
+        expected = "(" + ", ".join(str(d) for d in spec.shape) + ")"
+        what = f"{self.artifact.name} expects {spec.dtype} {expected}"
+        if not isinstance(batch, np.ndarray):
+            raise SpecdetError(f"input is a {type(batch).__name__}, not a numpy array: {what}")
+        fits = batch.ndim == len(spec.shape) and all(
+            isinstance(want, str) or got == want for got, want in zip(batch.shape, spec.shape)
+        )
+        if not fits:
+            raise SpecdetError(
+                f"input has shape {tuple(batch.shape)}; {what}: preprocess images with specdet.runtime.preprocess"
+            )
+        if batch.dtype != np.dtype(spec.dtype):
+            raise SpecdetError(f"input has dtype {batch.dtype}; {what}: convert it with .astype({spec.dtype!r})")
+        limit = self.info.max_batch
+        if batch.shape[0] < 1 or (limit is not None and batch.shape[0] > limit):
+            raise SpecdetError(
+                f"batch of {batch.shape[0]} images; {self.artifact.name} takes 1 to {limit or 'any'}: "
+                "use a smaller --batch-size or re-export with a larger batch range"
+            )
+
+
+def runner_class(backend: str) -> type[Runner]:
+    if backend not in BACKENDS:
+        raise SpecdetError(f"unknown backend {backend!r}: known: {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def default_backend(artifact: str | os.PathLike) -> str:
+    suffix = Path(artifact).suffix.lower()
+    if suffix not in DEFAULT_BACKENDS:
+        raise SpecdetError(
+            f"cannot tell the backend of {Path(artifact).name} from its suffix: "
+            f"pass --backend ({', '.join(BACKENDS)})"
+        )
+    return DEFAULT_BACKENDS[suffix]
+
+
+def create_runner(
+    artifact: str | os.PathLike, backend: str | None = None, *, arch: str | None = None, threads: int | None = None
+) -> Runner:
+    """Load ``artifact`` with ``backend`` (default: chosen by the file suffix)."""
+    return runner_class(backend or default_backend(artifact))(artifact, arch=arch, threads=threads)
+
+
+def require_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecdetError(f"artifact {path} not found: check the path")
+    return path

@@ -1,0 +1,102 @@
+"""``detect-predict ARTIFACT PATH...``: score image files and folders with a detector."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from specdet.cli import add_debug_flag, run
+from specdet.errors import SpecdetError
+from specdet.runtime.base import BACKENDS
+from specdet.runtime.detector import Detector, Result
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+# Exit status when some files were skipped (unreadable or missing) and the rest scored.
+EXIT_SKIPPED = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(_predict, args)
+    except BrokenPipeError:
+        # The reader (say `| head`) stopped early: not an error of ours. Point
+        # stdout at devnull so the interpreter's final flush does not fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detect-predict",
+        description="Print the probability that each image is generated (fake) and its label.",
+    )
+    parser.add_argument("artifact", type=Path, help="model.pth checkpoint or exported model.onnx")
+    parser.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
+    )
+    parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: chosen by the artifact's suffix")
+    parser.add_argument("--arch", help="architecture of a bare state dict (a checkpoint names its own)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per inference call (default: 8)")
+    parser.add_argument("--threads", type=int, help="CPU threads for inference (default: the backend's)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list of {path, probability, label}")
+    output.add_argument("--csv", action="store_true", help="print CSV with a path,probability,label header")
+    add_debug_flag(parser)
+    return parser
+
+
+def _predict(args: argparse.Namespace) -> int:
+    files = collect_images(args.paths)
+    if not files:
+        shown = ", ".join(str(p) for p in args.paths)
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise SpecdetError(f"no images found in {shown}: give image files or folders holding {suffixes}")
+    detector = Detector(args.artifact, args.backend, arch=args.arch, threads=args.threads)
+    with tqdm(total=len(files), unit="image", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        results = detector.predict_files(files, args.batch_size, progress=bar.update)
+    scored = [r for r in results if r.ok]
+    for result in results:
+        if not result.ok:
+            print(f"skipped {result.path}: {result.error}", file=sys.stderr)
+    _write(scored, "json" if args.json else "csv" if args.csv else "table")
+    return EXIT_SKIPPED if len(scored) < len(results) else 0
+
+
+def collect_images(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, folders expanded to the images under them (sorted).
+
+    A path that does not exist is kept, so that scoring reports it as skipped.
+    """
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend(sorted(found, key=str))
+        else:
+            files.append(path)
+    return files
+
+
+def _write(results: list[Result], form: str) -> None:
+    rows = [(r.path, r.probability, r.label) for r in results]
+    if form == "json":
+        json.dump([{"path": p, "probability": prob, "label": label} for p, prob, label in rows], sys.stdout, indent=2)
+        print()
+    elif form == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "probability", "label"])
+        writer.writerows((p, f"{prob:.6f}", label) for p, prob, label in rows)
+    else:
+        width = max([len("path")] + [len(p) for p, _, _ in rows])
+        print(f"{'path':<{width}}  probability  label")
+        for p, prob, label in rows:
+            print(f"{p:<{width}}  {prob:>11.6f}  {label}")

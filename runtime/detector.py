@@ -1,0 +1,115 @@
+"""The detector: images in, probabilities that they are generated (fake) out, on any backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from specdet.errors import SpecdetError
+from specdet.runtime.base import create_runner
+from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, preprocess
+
+FAKE, REAL = "fake", "real"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One file's outcome: a probability and label, or the error that kept it from being scored."""
+
+    path: str
+    probability: float | None = None
+    label: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Detector:
+    """Score images with an artifact (``.pth`` checkpoint or exported ``.onnx``).
+
+    Preprocessing and threshold come from the checkpoint or the manifest, so
+    every backend scores the same pixels the same way.
+    """
+
+    def __init__(
+        self,
+        artifact: str | os.PathLike,
+        backend: str | None = None,
+        *,
+        arch: str | None = None,
+        threads: int | None = None,
+    ):
+        self._runner = create_runner(artifact, backend, arch=arch, threads=threads)
+        self.backend = self._runner.name
+        self.preprocessing = self._runner.info.preprocessing
+        self.threshold = self._runner.info.threshold
+        check_spec(self.preprocessing)
+        spec = self._runner.input_spec()
+        crop = self.preprocessing["crop"]
+        if tuple(spec.shape[-2:]) != (crop, crop):
+            raise SpecdetError(
+                f"{Path(artifact).name} takes {spec.shape[-2]}x{spec.shape[-1]} images but its preprocessing "
+                f"crops {crop}x{crop}: re-export it"
+            )
+        self._dtype = np.dtype(spec.dtype)
+
+    def label(self, probability: float) -> str:
+        return FAKE if probability >= self.threshold else REAL
+
+    def predict(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 8) -> np.ndarray:
+        """Probabilities (fake = 1) of one image or a list of paths, PIL images or arrays, as ``[N]`` float32."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        step = self._step(batch_size)
+        scores = [
+            self._infer(preprocess(list(images[start : start + step]), self.preprocessing))
+            for start in range(0, len(images), step)
+        ]
+        return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+    def predict_files(
+        self,
+        paths: Iterable[str | os.PathLike],
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Result]:
+        """Score files, in order; a file that cannot be read is recorded with its error and skipped.
+
+        ``progress(n)`` is called after each batch with the number of files it covered.
+        """
+        paths = [str(p) for p in paths]
+        step = self._step(batch_size)
+        results: list[Result] = []
+        for start in range(0, len(paths), step):
+            chunk = paths[start : start + step]
+            outcome: list[Result | None] = [None] * len(chunk)
+            readable, pixels = [], []
+            for i, path in enumerate(chunk):
+                try:
+                    pixels.append(preprocess(path, self.preprocessing))
+                    readable.append(i)
+                except ImageError as err:
+                    outcome[i] = Result(path, error=err.reason)
+            if pixels:
+                for i, p in zip(readable, self._infer(np.concatenate(pixels)).tolist()):
+                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p))
+            results.extend(outcome)
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
+    def _step(self, batch_size: int) -> int:
+        """The batch size to run: ``batch_size``, capped at the artifact's largest batch."""
+        if batch_size < 1:
+            raise SpecdetError(f"batch size {batch_size} is not positive: pass --batch-size 1 or more")
+        limit = self._runner.info.max_batch
+        return min(batch_size, limit) if limit else batch_size
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._runner.infer(batch.astype(self._dtype, copy=False))["probability"]

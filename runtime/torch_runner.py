@@ -1,0 +1,38 @@
+"""The ``torch`` backend: runs a checkpoint (``.pth``) in PyTorch, the reference for every other backend."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from specdet import checkpoint, models
+from specdet.runtime.base import ArtifactInfo, Runner, TensorSpec
+
+
+class TorchRunner(Runner):
+    name = "torch"
+
+    def __init__(self, artifact: str | os.PathLike, *, arch: str | None = None, threads: int | None = None):
+        loaded = checkpoint.load(artifact, arch=arch)
+        if threads is not None:
+            # PyTorch has one intra-op thread pool per process, so this is global.
+            torch.set_num_threads(threads)
+        self._module = models.ScoringModule(loaded.model).eval()
+        crop = loaded.preprocessing["crop"]
+        super().__init__(
+            artifact,
+            ArtifactInfo(
+                architecture=loaded.architecture,
+                preprocessing=loaded.preprocessing,
+                threshold=loaded.threshold,
+                input=TensorSpec("image", ("batch", 3, crop, crop), "float32"),
+                max_batch=None,
+            ),
+        )
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            logit, probability = self._module(torch.from_numpy(batch))
+        return {"logit": logit.numpy(), "probability": probability.numpy()}
