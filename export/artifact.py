@@ -18,7 +18,7 @@ import torch
 
 from specdet import checkpoint as checkpoints
 from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
-from specdet.manifest import write_manifest
+from specdet.manifest import manifest_path, write_manifest
 from specdet.models import ScoringModule
 
 INPUT_NAME = "image"
@@ -51,7 +51,7 @@ def export_checkpoint(
     output = Path(output) if output is not None else Path(checkpoint).with_suffix(".onnx")
     crop = int(loaded.preprocessing["crop"])
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, crop, crop, generator=generator)
+    example = torch.randn(min(2, max_batch), 3, crop, crop, generator=generator)
     result = export_onnx(
         ScoringModule(loaded.model), output, example_input=example, fft=fft, opset=opset, max_batch=max_batch,
         input_name=INPUT_NAME, output_names=OUTPUT_NAMES, progress=progress,
@@ -74,6 +74,9 @@ def export_checkpoint(
             "metadata": loaded.metadata,
         })
     except BaseException:
-        output.unlink(missing_ok=True)  # an artifact without its manifest cannot be served
+        # An artifact without its manifest cannot be served, and a manifest
+        # left from an earlier export would describe a file that is gone.
+        output.unlink(missing_ok=True)
+        manifest_path(output).unlink(missing_ok=True)
         raise
     return result

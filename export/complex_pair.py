@@ -35,6 +35,8 @@ PARTWISE_OPS = frozenset(
         "detach", "cpu", "repeat_interleave", "diagonal", "tril", "triu",
     }
 )
+# Tensor methods of a pair that ComplexLowering answers (arithmetic, by name).
+METHODS_VIA_TORCH = frozenset({"add", "sub", "mul", "div", "true_divide", "matmul", "pow", "square", "multiply", "divide", "subtract"})
 # Ops that take a sequence of tensors and some of which may be pairs.
 SEQUENCE_OPS = frozenset({"cat", "concat", "concatenate", "stack"})
 # Ops that return a sequence of tensors.
@@ -121,7 +123,12 @@ class ComplexPair:
     def __add__(self, other: Any) -> ComplexPair:
         o_re, o_im = parts(other)
         re = self.re + o_re
-        im = self.im if o_im is None else self.im + o_im
+        if o_im is None:
+            # The imaginary part is unchanged, but the sum is a new tensor, as
+            # in torch: a copy (not self.im, nor a broadcast view of it), so
+            # that writing into the sum leaves this pair alone.
+            return ComplexPair(re, self.im.expand(re.shape).to(re.dtype, copy=True))
+        im = self.im + o_im
         return ComplexPair(re, torch.broadcast_to(im, re.shape))
 
     __radd__ = __add__
@@ -144,6 +151,8 @@ class ComplexPair:
         o_re, o_im = parts(other)
         if o_im is None:
             return ComplexPair(self.re / o_re, self.im / o_re)
+        if not isinstance(o_re, torch.Tensor):  # a Python complex number
+            return self * (1 / complex(o_re, o_im))
         return self * ComplexPair(*parts_of_reciprocal(o_re, o_im))
 
     def __rtruediv__(self, other: Any) -> ComplexPair:
@@ -152,15 +161,36 @@ class ComplexPair:
     def reciprocal(self) -> ComplexPair:
         return ComplexPair(*parts_of_reciprocal(self.re, self.im))
 
+    def __matmul__(self, other: Any) -> ComplexPair:
+        # Answered by ComplexLowering, which expands the complex product.
+        return torch.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> ComplexPair:
+        return torch.matmul(other, self)
+
     def __pow__(self, exponent: Any) -> ComplexPair:
         if exponent == 2:
             return self * self
         raise ComplexExportError("a complex tensor can only be squared when exported; write z * z or use abs()")
 
+    __abs__ = abs
+
+    @property
+    def T(self) -> ComplexPair:  # noqa: N802 (torch's name)
+        return ComplexPair(self.re.T, self.im.T)
+
+    @property
+    def mT(self) -> ComplexPair:  # noqa: N802 (torch's name)
+        return ComplexPair(self.re.mT, self.im.mT)
+
     def __getattr__(self, name: str) -> Callable[..., Any]:
         # Methods such as reshape, permute, sum act on both parts alike.
         if name in PARTWISE_OPS or name in SPLITTING_OPS:
             return lambda *args, **kwargs: apply_partwise(getattr(torch.Tensor, name), (self, *args), kwargs)
+        # Methods such as mul, add, matmul: answered by ComplexLowering as the
+        # torch function of that name called on this pair.
+        if name in METHODS_VIA_TORCH:
+            return lambda *args, **kwargs: getattr(torch, name)(self, *args, **kwargs)
         raise AttributeError(f"complex tensors cannot use .{name}() in an exported model (specdet export)")
 
     def __getitem__(self, index: Any) -> ComplexPair:

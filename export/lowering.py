@@ -179,7 +179,9 @@ def _dft_transform(func, args, kwargs):
 
     out = func(*(to_complex(a) for a in args), **{k: to_complex(v) for k, v in kwargs.items()})
     if out.is_complex():
-        both = torch.view_as_real(out)
+        # torch.fft.ifft* of a real input returns a lazily conjugated view,
+        # which view_as_real refuses until the conjugation is resolved.
+        both = torch.view_as_real(out.resolve_conj())
         return ComplexPair(both[..., 0], both[..., 1])
     return out
 
@@ -195,6 +197,10 @@ def _complex_functions() -> dict:
         torch.polar: lambda abs, angle: ComplexPair(abs * torch.cos(angle), abs * torch.sin(angle)),
         torch.real: lambda z: z.re,
         torch.imag: lambda z: z.im,
+        # ``.real``/``.imag`` of a complex tensor that is not a pair (a complex
+        # parameter), and ComplexPair's own arithmetic reading them.
+        torch.Tensor.real.__get__: lambda z: z.re,
+        torch.Tensor.imag.__get__: lambda z: z.im,
         torch.abs: ComplexPair.abs,
         torch.absolute: ComplexPair.abs,
         torch.angle: ComplexPair.angle,
@@ -204,7 +210,26 @@ def _complex_functions() -> dict:
         torch.neg: ComplexPair.__neg__,
         torch.reciprocal: lambda z: 1.0 / z,
         torch.square: lambda z: z * z,
+        torch.pow: lambda z, exponent: z**exponent,
+        torch.zeros_like: lambda z, **kw: _like(z, 0.0, **kw),
+        torch.ones_like: lambda z, **kw: _like(z, 1.0, **kw),
+        torch.where: lambda condition, a, b: _where(condition, a, b),
     }
+
+
+def _like(z: ComplexPair, value: float, dtype: torch.dtype | None = None, **kwargs) -> Any:
+    """``zeros_like``/``ones_like`` of a pair: a pair, or a real tensor when a real dtype is asked for."""
+    real = torch.full_like(z.re, value, dtype=_REAL_DTYPE.get(dtype, dtype), **kwargs)
+    if dtype is not None and not dtype.is_complex:
+        return real
+    return ComplexPair(real, torch.zeros_like(real))
+
+
+def _where(condition: torch.Tensor, a: Any, b: Any) -> ComplexPair:
+    (a_re, a_im), (b_re, b_im) = parts(as_pair_or_value(a)), parts(as_pair_or_value(b))
+    re = torch.where(condition, a_re, b_re)
+    im = torch.where(condition, 0.0 if a_im is None else a_im, 0.0 if b_im is None else b_im)
+    return ComplexPair(re, torch.broadcast_to(im, re.shape))
 
 
 COMPLEX_FUNCTIONS = _complex_functions()
@@ -259,10 +284,11 @@ def _binary(name: str, a: Any, b: Any, alpha: Any = 1) -> Any:
         b = b * alpha
     left = as_pair_or_value(a)
     if not isinstance(left, ComplexPair):
-        # A real tensor or number on the left: make it a pair with a zero
-        # imaginary part, so the pair's own operator does the work.
-        real = left if isinstance(left, torch.Tensor) else torch.as_tensor(left)
-        left = ComplexPair(real, torch.zeros_like(real))
+        # A real tensor or a number (real or complex) on the left: make it a
+        # pair, so the pair's own operator does the work.
+        l_re, l_im = parts(left)
+        real = l_re if isinstance(l_re, torch.Tensor) else torch.as_tensor(l_re)
+        left = ComplexPair(real, torch.zeros_like(real) if l_im is None else torch.as_tensor(l_im))
     return getattr(left, operator)(as_pair_or_value(b))
 
 
@@ -283,8 +309,11 @@ class ComplexLowering(TorchFunctionMode):
                 return _dft_transform(func, args, kwargs)
             return MATMUL_TRANSFORMS[func](*args, **kwargs)
         if func in UNSUPPORTED_TRANSFORMS:
-            raise ComplexExportError(f"torch.fft.{func.__name__} cannot be exported; use rfft*/irfft*")
-        if _is_complex_dtype(kwargs.get("dtype")) and func.__name__ in _FACTORIES:
+            name = func.__name__.removeprefix("fft_")  # the builtin is named fft_hfft
+            raise ComplexExportError(f"torch.fft.{name} cannot be exported; use rfft*/irfft*")
+        if _is_complex_dtype(kwargs.get("dtype")) and func.__name__ in _FACTORIES and not (
+            args and isinstance(args[0], ComplexPair)  # zeros_like(pair, dtype=...) is answered below
+        ):
             return _complex_factory(func, args, kwargs)
         values = (*args, *kwargs.values())
         if any(_is_complex(v) for v in _flatten(values)):
@@ -332,7 +361,10 @@ def _complex_factory(func, args: tuple, kwargs: dict) -> ComplexPair:
     kwargs = {**kwargs, "dtype": _REAL_DTYPE[kwargs["dtype"]]}
     if func.__name__.startswith("full"):
         args = list(args)
-        fill = complex(kwargs.pop("fill_value") if "fill_value" in kwargs else args.pop())
+        if "fill_value" in kwargs:  # then the size may be a keyword too
+            fill = complex(kwargs.pop("fill_value"))
+            return ComplexPair(func(*args, fill_value=fill.real, **kwargs), func(*args, fill_value=fill.imag, **kwargs))
+        fill = complex(args.pop())
         return ComplexPair(func(*args, fill.real, **kwargs), func(*args, fill.imag, **kwargs))
     real = func(*args, **kwargs)
     # ones() is 1 + 0j: only the real part takes the factory's value.

@@ -80,8 +80,10 @@ def resolve_fft(fft: str) -> str:
 
 def _trace(module: torch.nn.Module, path: Path, example: torch.Tensor, fft: str, opset: int,
            input_name: str, output_names: Sequence[str], max_batch: int) -> None:
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
     try:
+        # torch.export needs max > min for a dynamic axis; the manifest and the
+        # runtime enforce the real limit, so a max batch of 1 traces as 1..2.
+        batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
         with quiet_exporter():
             torch.onnx.export(
                 _Lowered(module, fft), (example,), str(path), dynamo=True, opset_version=opset, verbose=False,
@@ -133,6 +135,8 @@ def export_onnx(
         raise SpecdetError(f"{path} is a directory; give a file name ending in .onnx")
     model = model.eval()
     example = example_input.detach().float()
+    # torch.export specialises an axis of size 1 to a constant: trace with two.
+    trace_example = example if example.shape[0] > 1 else example.expand(2, *example.shape[1:]).contiguous()
     n_outputs = len(torch_outputs(model, example[:1].numpy()))
     if output_names is None:
         output_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
@@ -149,7 +153,7 @@ def export_onnx(
     steps = tqdm(total=3, desc=f"export ({fft})", unit="step", disable=not progress, leave=False)
     try:
         steps.set_postfix_str("tracing")
-        _trace(model, tmp, example, fft, opset, input_name, output_names, max_batch)
+        _trace(model, tmp, trace_example, fft, opset, input_name, output_names, max_batch)
         steps.update()
         steps.set_postfix_str("checking")
         if fft == "plugin":
