@@ -18,14 +18,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from specdet import models
+from specdet.atomic import atomic_write
 from specdet.errors import SpecdetError
 
 FORMAT = "specdet-checkpoint"
@@ -46,25 +46,6 @@ class LoadedCheckpoint:
     metadata: dict[str, Any]
     path: Path
     sha256: str  # of the file, recorded by the exporter as the parent hash
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    The rename is atomic, so a reader sees the old file or the complete new
-    one, never a half-written one, even if ``write`` fails or the process dies.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from specdet.checkpoint import atomic_write
+from specdet.atomic import atomic_write
 from specdet.errors import SpecdetError
 
 FORMAT = "specdet-manifest"
