@@ -1,0 +1,289 @@
+/*
+ * specdet.BandSplit kernels and their C launch function (see band_split.h).
+ *
+ * Two methods, float32 arithmetic in both, float32 or float16 in memory:
+ *
+ * DFT (any build, any H and W): the separable 2-D DFT as four batched
+ * complex matrix products, with N = B * C images and K bands:
+ *   1. rows, real to half spectrum: Y[n] = x[n] . conj(E_W)      (H x W) . (W x W/2+1)
+ *   2. columns, forward:            Z[n] = conj(C_H) . Y[n]      (H x H) . (H x W/2+1)
+ *   3. columns, inverse, per band:  U[n,k] = C_H . (Z[n] * mask_k)
+ *   4. rows, half spectrum to real: y[n,k] = Re(U[n,k] . E_C2R)  (H x W/2+1) . (W/2+1 x W)
+ * with E_W[w][f] = e^{2 pi i w f / W} / sqrt(W), C_H[g][h] = e^{2 pi i g h / H} / sqrt(H)
+ * and E_C2R[f][s] = weight_f e^{2 pi i f s / W} / sqrt(W) (weight 2 for the
+ * bins that stand for two): the matrices of export/dft_matrices.py. Stage 4
+ * reads only the real part of bins 0 and W/2, as torch.fft.irfft2 does.
+ *
+ * cuFFT: one R2C plan over the N images, a kernel that writes the K masked
+ * half spectra (scaled by 1/(H W), the two orthonormal factors, and made
+ * Hermitian in columns 0 and W/2 so that C2R sees the values irfft2 would
+ * use), one C2R plan over the N * K bands writing [B, K, C, H, W] directly.
+ * float16 data is converted to float32 in the workspace around the plans.
+ */
+#include "band_split.h"
+
+#include "spectral_common.cuh"
+
+namespace specdet {
+namespace detail {
+namespace {
+
+struct Shape {
+    int batch, channels, height, width, half_width, bands;
+    int64_t images() const { return static_cast<int64_t>(batch) * channels; }
+    int64_t band_images() const { return images() * bands; }
+};
+
+Shape shape_of(specdet_band_split_params const& p) {
+    return Shape{p.batch, p.channels, p.height, p.width, p.width / 2 + 1, p.num_edges + 1};
+}
+
+Bands bands_of(specdet_band_split_params const& p) {
+    Bands bands{};
+    bands.num_edges = p.num_edges;
+    for (int e = 0; e < p.num_edges; ++e) {
+        bands.edges[e] = p.edges[e];
+    }
+    bands.centre = p.centre;
+    return bands;
+}
+
+// Z of image n = b * C + c, masked to band k, for output image (b * K + k) * C + c.
+struct BandOperand {
+    cfloat const* z;
+    int32_t const* table;
+    int channels, bands, height, half_width;
+    __host__ __device__ __forceinline__ cfloat operator()(int band_image, int row, int col) const {
+        int const c = band_image % channels;
+        int const k = (band_image / channels) % bands;
+        int const b = band_image / (channels * bands);
+        int64_t const bin = static_cast<int64_t>(row) * half_width + col;
+        if (table[bin] != k) {
+            return cfloat{0.f, 0.f};
+        }
+        return z[(static_cast<int64_t>(b) * channels + c) * height * half_width + bin];
+    }
+};
+
+__global__ void masked_spectra_kernel(cfloat const* spectrum, int32_t const* table, cfloat* out, int channels,
+    int bands, int height, int width, int64_t band_images, float scale) {
+    int const half_width = width / 2 + 1;
+    int64_t const plane = static_cast<int64_t>(height) * half_width;
+    int64_t const total = band_images * plane;
+    for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        int64_t const bin = idx % plane;
+        int64_t const band_image = idx / plane;
+        int const f = static_cast<int>(bin % half_width);
+        int const h = static_cast<int>(bin / half_width);
+        int const c = static_cast<int>(band_image % channels);
+        int const k = static_cast<int>((band_image / channels) % bands);
+        int64_t const b = band_image / (static_cast<int64_t>(channels) * bands);
+        cfloat const* s = spectrum + (b * channels + c) * plane;
+        cfloat v = table[bin] == k ? s[bin] : cfloat{0.f, 0.f};
+        if (f == 0 || (width % 2 == 0 && f == width / 2)) {
+            // These columns hold their own conjugate partners: keep the Hermitian part,
+            // (v[h] + conj(v[-h])) / 2, whose inverse is the real part irfft2 keeps.
+            int const mirror = (height - h) % height;
+            int64_t const mirror_bin = static_cast<int64_t>(mirror) * half_width + f;
+            cfloat const w = table[mirror_bin] == k ? s[mirror_bin] : cfloat{0.f, 0.f};
+            v = cfloat{0.5f * (v.re + w.re), 0.5f * (v.im - w.im)};
+        }
+        out[idx] = cfloat{v.re * scale, v.im * scale};
+    }
+}
+
+struct DftLayout {
+    cfloat *e_w, *e_c2r, *c_h;
+    int32_t* table;
+    cfloat *y, *z, *u;
+};
+
+DftLayout dft_layout(Shape const& s, void* base, size_t* size) {
+    Workspace ws(base);
+    DftLayout l{};
+    l.e_w = ws.take<cfloat>(static_cast<int64_t>(s.width) * s.half_width);
+    l.e_c2r = ws.take<cfloat>(static_cast<int64_t>(s.half_width) * s.width);
+    l.c_h = ws.take<cfloat>(static_cast<int64_t>(s.height) * s.height);
+    l.table = ws.take<int32_t>(static_cast<int64_t>(s.height) * s.half_width);
+    int64_t const plane = static_cast<int64_t>(s.height) * s.half_width;
+    l.y = ws.take<cfloat>(s.images() * plane);
+    l.z = ws.take<cfloat>(s.images() * plane);
+    l.u = ws.take<cfloat>(s.band_images() * plane);
+    *size = ws.size();
+    return l;
+}
+
+struct FftLayout {
+    int32_t* table;
+    float* x32;
+    cfloat *spectrum, *banded;
+    float* y32;
+};
+
+FftLayout fft_layout(Shape const& s, int dtype, void* base, size_t* size) {
+    Workspace ws(base);
+    FftLayout l{};
+    int64_t const plane = static_cast<int64_t>(s.height) * s.half_width;
+    int64_t const pixels = static_cast<int64_t>(s.height) * s.width;
+    l.table = ws.take<int32_t>(plane);
+    l.x32 = dtype == SPECDET_FLOAT16 ? ws.take<float>(s.images() * pixels) : nullptr;
+    l.spectrum = ws.take<cfloat>(s.images() * plane);
+    l.banded = ws.take<cfloat>(s.band_images() * plane);
+    l.y32 = dtype == SPECDET_FLOAT16 ? ws.take<float>(s.band_images() * pixels) : nullptr;
+    *size = ws.size();
+    return l;
+}
+
+size_t workspace_bytes(specdet_band_split_params const& p) {
+    size_t size = 0;
+    Shape const s = shape_of(p);
+    if (resolve_method(p.method) == SPECDET_METHOD_DFT) {
+        dft_layout(s, nullptr, &size);
+    } else {
+        fft_layout(s, p.dtype, nullptr, &size);
+    }
+    return size;
+}
+
+template <class T>
+int run_dft(specdet_band_split_params const& p, T const* x, T* y, void* workspace, cudaStream_t stream) {
+    Shape const s = shape_of(p);
+    size_t size = 0;
+    DftLayout const l = dft_layout(s, workspace, &size);
+    double const scale_w = 1.0 / std::sqrt(static_cast<double>(s.width));
+    double const scale_h = 1.0 / std::sqrt(static_cast<double>(s.height));
+    SPECDET_TRY(build_twiddles(l.e_w, s.width, s.half_width, s.width, scale_w, false, stream));
+    SPECDET_TRY(build_twiddles(l.e_c2r, s.half_width, s.width, s.width, scale_w, true, stream));
+    SPECDET_TRY(build_twiddles(l.c_h, s.height, s.height, s.height, scale_h, false, stream));
+    SPECDET_TRY(build_band_table(l.table, s.height, s.width, bands_of(p), stream));
+    int const images = static_cast<int>(s.images());
+    int const band_images = static_cast<int>(s.band_images());
+    // 1. rows: Y[n](h, f) = sum_w x[n](h, w) conj(E_W)[w][f]
+    SPECDET_TRY(complex_matmul(s.height, s.half_width, s.width, images, RealOperand<T>{x, s.height, s.width},
+        MatrixOperand{l.e_w, s.half_width, 1}, ComplexResult{l.y, s.height, s.half_width}, stream));
+    // 2. columns: Z[n](g, f) = sum_h conj(C_H)[g][h] Y[n](h, f)
+    SPECDET_TRY(complex_matmul(s.height, s.half_width, s.height, images, MatrixOperand{l.c_h, s.height, 1},
+        ComplexOperand{l.y, s.height, s.half_width}, ComplexResult{l.z, s.height, s.half_width}, stream));
+    // 3. inverse columns per band: U[n,k](t, f) = sum_g C_H[t][g] (Z[n](g, f) mask_k(g, f))
+    SPECDET_TRY(complex_matmul(s.height, s.half_width, s.height, band_images, MatrixOperand{l.c_h, s.height, 0},
+        BandOperand{l.z, l.table, s.channels, s.bands, s.height, s.half_width},
+        ComplexResult{l.u, s.height, s.half_width}, stream));
+    // 4. inverse rows to real: y[n,k](t, s) = Re(sum_f U[n,k](t, f) E_C2R[f][s])
+    SPECDET_TRY(complex_matmul(s.height, s.width, s.half_width, band_images,
+        ComplexOperand{l.u, s.height, s.half_width}, MatrixOperand{l.e_c2r, s.width, 0},
+        RealResult<T>{y, s.height, s.width}, stream));
+    return SPECDET_OK;
+}
+
+int run_cufft(specdet_band_split_params const& p, void const* x, void* y, void* workspace, specdet_fft_plans* plans,
+    cudaStream_t stream) {
+    Shape const s = shape_of(p);
+    size_t size = 0;
+    FftLayout const l = fft_layout(s, p.dtype, workspace, &size);
+    int64_t const pixels = static_cast<int64_t>(s.height) * s.width;
+    int64_t const plane = static_cast<int64_t>(s.height) * s.half_width;
+    cufftHandle forward = 0;
+    cufftHandle inverse = 0;
+    SPECDET_TRY(fft_plan(plans, true, s.height, s.width, s.images(), stream, &forward));
+    SPECDET_TRY(fft_plan(plans, false, s.height, s.width, s.band_images(), stream, &inverse));
+    SPECDET_TRY(build_band_table(l.table, s.height, s.width, bands_of(p), stream));
+    float const* x32 = static_cast<float const*>(x);
+    if (p.dtype == SPECDET_FLOAT16) {
+        SPECDET_TRY(convert_to_float(static_cast<__half const*>(x), l.x32, s.images() * pixels, stream));
+        x32 = l.x32;
+    }
+    // Out-of-place R2C leaves its input untouched.
+    if (cufftExecR2C(forward, const_cast<cufftReal*>(x32), reinterpret_cast<cufftComplex*>(l.spectrum))
+        != CUFFT_SUCCESS) {
+        return SPECDET_ERROR_CUFFT;
+    }
+    float const scale = static_cast<float>(1.0 / static_cast<double>(pixels));
+    int64_t const total = s.band_images() * plane;
+    launch(masked_spectra_kernel, dim3(blocks_for(total, 1 << 20)), dim3(kThreads), stream, l.spectrum, l.table,
+        l.banded, s.channels, s.bands, s.height, s.width, s.band_images(), scale);
+    SPECDET_TRY(check_launch());
+    float* y32 = p.dtype == SPECDET_FLOAT16 ? l.y32 : static_cast<float*>(y);
+    // C2R may overwrite its input: the banded spectra are scratch.
+    if (cufftExecC2R(inverse, reinterpret_cast<cufftComplex*>(l.banded), y32) != CUFFT_SUCCESS) {
+        return SPECDET_ERROR_CUFFT;
+    }
+    if (p.dtype == SPECDET_FLOAT16) {
+        SPECDET_TRY(convert_from_float(l.y32, static_cast<__half*>(y), s.band_images() * pixels, stream));
+    }
+    return SPECDET_OK;
+}
+
+} // namespace
+} // namespace detail
+} // namespace specdet
+
+using namespace specdet::detail;
+
+extern "C" {
+
+SPECDET_API size_t specdet_band_split_params_size(void) {
+    return sizeof(specdet_band_split_params);
+}
+
+SPECDET_API int specdet_band_split_validate(specdet_band_split_params const* p) {
+    if (p == nullptr || p->num_edges < 0 || p->num_edges > SPECDET_MAX_BANDS - 1
+        || !valid_shape(p->batch, p->channels, p->height, p->width, p->num_edges + 1)
+        || !valid_dtype_method(p->dtype, p->method)
+        || (p->centre != SPECDET_CENTRE_ZERO && p->centre != SPECDET_CENTRE_SEED)) {
+        return SPECDET_ERROR_INVALID_ARGUMENT;
+    }
+    for (int e = 0; e < p->num_edges; ++e) {
+        if (!std::isfinite(p->edges[e]) || (e > 0 && !(p->edges[e] > p->edges[e - 1]))) {
+            return SPECDET_ERROR_INVALID_ARGUMENT;
+        }
+    }
+    return SPECDET_OK;
+}
+
+SPECDET_API int specdet_band_split_resolved_method(specdet_band_split_params const* p) {
+    return specdet_band_split_validate(p) == SPECDET_OK ? resolve_method(p->method) : -1;
+}
+
+SPECDET_API size_t specdet_band_split_workspace_size(specdet_band_split_params const* p) {
+    return specdet_band_split_validate(p) == SPECDET_OK ? workspace_bytes(*p) : 0;
+}
+
+SPECDET_API int specdet_band_split_prepare(specdet_band_split_params const* p, specdet_fft_plans* plans) {
+    SPECDET_TRY(specdet_band_split_validate(p));
+    if (resolve_method(p->method) != SPECDET_METHOD_CUFFT || p->batch == 0) {
+        return SPECDET_OK;
+    }
+    Shape const s = shape_of(*p);
+    cufftHandle plan = 0;
+    SPECDET_TRY(fft_plan(plans, true, s.height, s.width, s.images(), nullptr, &plan));
+    return fft_plan(plans, false, s.height, s.width, s.band_images(), nullptr, &plan);
+}
+
+SPECDET_API int specdet_band_split(specdet_band_split_params const* p, void const* x, void* y, void* workspace,
+    size_t workspace_size, specdet_fft_plans* plans, cudaStream_t stream) {
+    SPECDET_TRY(specdet_band_split_validate(p));
+    if (p->batch == 0) {
+        return SPECDET_OK;
+    }
+    if (x == nullptr || y == nullptr) {
+        return SPECDET_ERROR_INVALID_ARGUMENT;
+    }
+    size_t const needed = workspace_bytes(*p);
+    if (workspace_size < needed || (needed > 0 && workspace == nullptr)) {
+        return SPECDET_ERROR_WORKSPACE;
+    }
+    int const method = resolve_method(p->method);
+    if (method == SPECDET_METHOD_DFT) {
+        if (p->dtype == SPECDET_FLOAT16) {
+            return run_dft(*p, static_cast<__half const*>(x), static_cast<__half*>(y), workspace, stream);
+        }
+        return run_dft(*p, static_cast<float const*>(x), static_cast<float*>(y), workspace, stream);
+    }
+    if (plans == nullptr) {
+        return SPECDET_ERROR_INVALID_ARGUMENT;
+    }
+    return run_cufft(*p, x, y, workspace, plans, stream);
+}
+
+} // extern "C"
