@@ -80,6 +80,15 @@ def radial_band_masks(h: int, w: int, edges: Sequence[float], centre: str = "zer
     return torch.stack(masks).to(torch.float32)
 
 
+def _fft_precision(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision input is transformed in float32.
+
+    GPU autocast does not upcast FFTs (the CPU's does), cuFFT has no bfloat16,
+    and a 224x224 half-precision spectrum loses most of its digits.
+    """
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def band_split_reference(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """``torch.fft`` band split: ``[B, C, H, W]`` and masks ``[K, H, W]`` to ``[B, K, C, H, W]``.
 
@@ -90,6 +99,7 @@ def band_split_reference(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     exactly, and for those this returns the Hermitian-symmetrised band.
     """
     h, w = x.shape[-2:]
+    x = _fft_precision(x)
     spectrum = torch.fft.rfft2(x, norm="ortho")  # [B, C, H, W//2+1]
     half = masks[..., : w // 2 + 1].to(x.dtype)  # [K, H, W//2+1]
     banded = spectrum.unsqueeze(1) * half.unsqueeze(1)  # [B, K, C, H, W//2+1]
@@ -98,7 +108,7 @@ def band_split_reference(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def spectrum_magnitude_mean_reference(x: torch.Tensor) -> torch.Tensor:
     """``torch.fft`` spectrum statistic: ``[B, C, H, W]`` to ``[B, C]``."""
-    return torch.fft.rfft2(x, norm="ortho").abs().mean(dim=(-2, -1))
+    return torch.fft.rfft2(_fft_precision(x), norm="ortho").abs().mean(dim=(-2, -1))
 
 
 # --- plugin mode: each op as one torch custom op, exported as one ONNX node ---

@@ -145,11 +145,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def resize_for_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
+    """The resize step of ``spec``: the shorter side goes to ``resize`` when set, and never below ``crop``.
+
+    Training augmentation calls this too, so that it sees images at the scale inference does.
+    """
+    target = max(spec["resize"] or min(image.size), spec["crop"])
+    return _resize_shorter_side(image, target, _FILTERS[spec["interpolation"]])
+
+
 def _resize_and_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
     crop = spec["crop"]
-    # The shorter side goes to "resize" when set, and never below the crop.
-    target = max(spec["resize"] or min(image.size), crop)
-    image = _resize_shorter_side(image, target, _FILTERS[spec["interpolation"]])
+    image = resize_for_crop(image, spec)
     width, height = image.size
     # torchvision's CenterCrop rounding, so both pick the same pixels.
     left, top = int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))

@@ -1,1 +1,9 @@
-"""train: placeholder package, filled by later issues."""
+"""Training and evaluation of the detectors: ``detect-train`` and ``detect-make-data``.
+
+config.py (options, each family's recipe), data.py (folder layouts, datasets,
+loaders), augment.py (CNNDetection's training augmentation), schedule.py (the
+dual-branch staged schedule), loop.py (epochs, validation, best checkpoint),
+state.py (resume), distributed.py (torchrun, DDP), metrics.py and evaluate.py
+(per-source metrics, threshold calibration, reports), make_data.py (the demo
+set), losses.py (both detectors' losses), cli.py.
+"""
