@@ -1,0 +1,168 @@
+"""What the benchmark ran on: CPU model, cores, clock, SIMD, memory, GPUs; and the CPU's arithmetic peak.
+
+The peak is the textbook one for FP32 fused multiply-add units::
+
+    cores x SIMD lanes x FMA units per core x 2 flops per FMA x clock
+
+with 8 FP32 lanes for AVX2 (16 with AVX-512), 2 FMA units per core (true of
+Intel since Haswell and AMD since Zen 2; some Xeons have 1 AVX-512 unit) and
+the clock read from the kernel: the highest frequency cpufreq reports, or,
+inside a virtual machine that exposes no cpufreq, the "cpu MHz" of
+/proc/cpuinfo (the nominal frequency; turbo can run above it, so the true
+peak may be higher). Every assumption goes into the record with the number.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+FMA_UNITS_PER_CORE = 2
+_SIMD_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma", "f16c")
+
+
+def describe() -> dict:
+    cpu = cpu_info()
+    return {
+        "cpu": cpu["model"],
+        "cores": cpu["cores"],
+        "logical_cpus": cpu["logical_cpus"],
+        "clock_mhz": cpu["clock_mhz"],
+        "clock_source": cpu["clock_source"],
+        "simd": cpu["simd"],
+        "memory_gb": _memory_gb(),
+        "gpus": gpu_info(),
+        "system": platform.platform(),
+    }
+
+
+def cpu_info() -> dict:
+    text = _read("/proc/cpuinfo")
+    model = platform.processor() or platform.machine()
+    mhz = None
+    flags: set[str] = set()
+    cores: set[tuple[str, str]] = set()
+    physical = core = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name":
+            model = value
+        elif key == "cpu MHz" and mhz is None:
+            mhz = float(value)
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core = value
+        elif not line.strip() and core is not None:
+            cores.add((physical or "0", core))
+            physical = core = None
+    if core is not None:
+        cores.add((physical or "0", core))
+    logical = os.cpu_count() or 1
+    max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
+    if max_khz.isdigit():
+        clock, source = int(max_khz) / 1e3, "cpufreq cpuinfo_max_freq"
+    elif mhz is not None:
+        clock, source = mhz, "/proc/cpuinfo cpu MHz (nominal; no cpufreq in this machine)"
+    else:
+        clock, source = None, "unknown"
+    return {
+        "model": model,
+        "cores": len(cores) or logical,
+        "logical_cpus": logical,
+        "clock_mhz": clock,
+        "clock_source": source,
+        "simd": [f for f in _SIMD_FLAGS if f in flags],
+    }
+
+
+def cpu_peak(cpu: dict | None = None) -> dict:
+    """FP32 peak of the CPU in flop/s, with the formula and what it assumed."""
+    cpu = cpu or cpu_info()
+    simd = set(cpu["simd"])
+    lanes = 16 if "avx512f" in simd else 8 if "avx2" in simd else 4
+    fma = "fma" in simd or "avx512f" in simd
+    per_op = 2 if fma else 1  # an FMA is a multiply and an add
+    clock = cpu["clock_mhz"]
+    peak = None if clock is None else cpu["cores"] * lanes * FMA_UNITS_PER_CORE * per_op * clock * 1e6
+    units = "FMA units" if fma else "vector units (no FMA)"
+    return {
+        "flops_per_s": peak,
+        "formula": f"{cpu['cores']} cores x {lanes} FP32 lanes x {FMA_UNITS_PER_CORE} {units} x {per_op} flops "
+        f"x {'?' if clock is None else round(clock)} MHz",
+        "assumptions": f"{FMA_UNITS_PER_CORE} vector units per core; clock from {cpu['clock_source']}; "
+        "FP32; every core busy",
+    }
+
+
+def measured_sgemm(size: int = 1024, seconds: float = 0.5) -> dict:
+    """What an FP32 matrix product reaches here: torch.mm of two ``size`` x ``size`` matrices, best call.
+
+    On the threads torch uses now. A practical ceiling beside the textbook
+    peak: the models spend most of their time in such products, and the
+    real clock (turbo, or a busy machine) shows in it.
+    """
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best, calls, start = float("inf"), 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+        calls += 1
+    return {
+        "flops_per_s": 2 * size**3 / best,
+        "threads": torch.get_num_threads(),
+        "method": f"torch.mm FP32 {size}x{size}, fastest of {calls} calls",
+    }
+
+
+def gpu_info() -> list[dict]:
+    """GPUs that torch sees (empty on a machine without CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        gpus.append({
+            "name": props.name,
+            "memory_gb": round(props.total_memory / 2**30, 1),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+        })
+    return gpus
+
+
+def device_label(machine: dict) -> str:
+    """Short tag for file names: ``cpu`` or ``gpu`` plus the first GPU's name."""
+    if machine["gpus"]:
+        name = machine["gpus"][0]["name"].lower()
+        for word in ("nvidia", "geforce", "tesla"):
+            name = name.replace(word, "")
+        return "gpu-" + "-".join(name.split())
+    return "cpu"
+
+
+def _memory_gb() -> float | None:
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 2**20, 1)
+    return None
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""

@@ -1,0 +1,376 @@
+"""What runs: a variant is a backend plus options, kept in a registry.
+
+Each variant names the runtime backend it builds on (``torch``,
+``onnxruntime``, ``tensorrt``), the device it runs on, and how to load an
+artifact into a :class:`~specdet.runtime.Runner`. The benchmark times
+``runner.infer`` the same way for all of them, so a variant is only a way
+of building a runner, and a new one is a few lines below.
+
+``torch-fp32`` on the checkpoint is the reference for every accuracy figure.
+The other torch variants wrap the torch runner's module: autocast to BF16 or
+FP16, ``torch.compile``, or the module on a CUDA device. Variants run on the
+artifacts of their backend's file type (``.pth``; ``.onnx``; ``.engine``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specdet.errors import SpecdetError
+from specdet.manifest import read_manifest
+from specdet.runtime import Runner, create_runner
+from specdet.runtime.base import DEFAULT_BACKENDS, runner_class
+
+from specdet.benchmarks import timing
+
+REFERENCE = "torch-fp32"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    backend: str  # key of specdet.runtime.BACKENDS whose artifacts it runs
+    device: str  # "cpu" or "cuda"
+    summary: str
+    load: Callable[[Path, int | None], Runner]  # (artifact, threads) -> runner
+    requires: Callable[[], str | None] = lambda: None  # why it cannot run on this machine, or None
+    precision: str | None = None  # None: the artifact's own (from its manifest)
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return tuple(s for s, backend in DEFAULT_BACKENDS.items() if backend == self.backend)
+
+    def runs(self, artifact: Path) -> bool:
+        return artifact.suffix.lower() in self.suffixes
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A variant with its artifact loaded, ready to time."""
+
+    variant: Variant
+    runner: Runner
+    facts: dict[str, Any]  # what exactly runs: library versions, provider, precision, FFT mode, threads
+    load_seconds: float
+    load_rss_bytes: int | None  # rise of the process's resident set while loading (CPU)
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.name}:{self.runner.artifact.name}"
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.runner.input_spec().dtype)
+
+    def clock(self) -> timing.Clock:
+        return timing.CudaEventClock() if self.variant.device == "cuda" else timing.MonotonicClock()
+
+    def memory_probe(self) -> timing.MemoryProbe:
+        if self.variant.device == "cpu":
+            return timing.ProcessRss()
+        if self.variant.backend == "torch":
+            return timing.CudaAllocator()
+        return timing.NoProbe()  # onnxruntime's and TensorRT's GPU memory is outside torch's allocator
+
+
+# ---- torch --------------------------------------------------------------------
+
+
+class TorchVariantRunner(Runner):
+    """A torch runner's module run another way: on a CUDA device, under autocast, compiled."""
+
+    name = "torch"
+
+    def __init__(self, base: Runner, *, device: str = "cpu", autocast: Any = None, compile: bool = False):
+        import torch
+
+        super().__init__(base.artifact, base.info)
+        self._torch = torch
+        self._device = torch.device(device)
+        # The torch runner keeps its ScoringModule private; see the proposal to expose it.
+        module = base._module.to(self._device)
+        self._call = torch.compile(module, dynamic=False) if compile else module
+        self._autocast = autocast
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self._torch
+        cast = torch.autocast(self._device.type, dtype=self._autocast) if self._autocast else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
+            logit, probability = self._call(torch.from_numpy(batch).to(self._device))
+        return {"logit": logit.float().cpu().numpy(), "probability": probability.float().cpu().numpy()}
+
+
+def _torch(device: str = "cpu", autocast: str | None = None, compile: bool = False):
+    def load(artifact: Path, threads: int | None) -> Runner:
+        base = create_runner(artifact, "torch", threads=threads)
+        if device == "cpu" and autocast is None and not compile:
+            return base
+        import torch
+
+        dtype = getattr(torch, autocast) if autocast else None
+        return TorchVariantRunner(base, device=device, autocast=dtype, compile=compile)
+
+    return load
+
+
+def _cuda() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA device"
+
+
+def _compiler() -> str | None:
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "torch.compile (inductor) needs a C++ compiler: apt-get install g++"
+    return None
+
+
+# ---- onnxruntime --------------------------------------------------------------
+
+
+def _onnxruntime(provider: str):
+    def load(artifact: Path, threads: int | None) -> Runner:
+        runner = create_runner(artifact, "onnxruntime", threads=threads)
+        chosen = runner._session.get_providers()[0]
+        if chosen != provider:
+            # The runner picks CUDA whenever onnxruntime-gpu is installed and has no
+            # provider option yet; a variant must say what really ran.
+            raise SpecdetError(
+                f"the onnxruntime runner chose {chosen} for {artifact.name}, not {provider}: "
+                f"drop this variant from --backends on this machine"
+            )
+        return runner
+
+    return load
+
+
+def _onnxruntime_cpu() -> str | None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "the onnxruntime runner runs on CUDA whenever this onnxruntime has it (no provider option yet)"
+    return None
+
+
+def _onnxruntime_cuda() -> str | None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "this onnxruntime has no CUDA provider: pip install 'specdet[gpu]' on a GPU machine"
+    return None
+
+
+# ---- TensorRT -----------------------------------------------------------------
+
+
+def _engine(cuda_graphs: bool = False):
+    def load(artifact: Path, threads: int | None) -> Runner:
+        if not cuda_graphs:
+            return create_runner(artifact, "tensorrt", threads=threads)
+        return runner_class("tensorrt")(artifact, threads=threads, cuda_graphs=True)
+
+    return load
+
+
+def _tensorrt() -> str | None:
+    try:
+        runner_class("tensorrt")
+    except (ImportError, SpecdetError) as err:
+        return f"no TensorRT runner here ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    return _cuda()
+
+
+# ---- the registry -------------------------------------------------------------
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> Variant:
+    if variant.name in VARIANTS:
+        raise ValueError(f"variant {variant.name} registered twice")
+    VARIANTS[variant.name] = variant
+    return variant
+
+
+for _variant in (
+    Variant(REFERENCE, "torch", "cpu", "PyTorch eager, FP32 (the reference)", _torch(), precision="fp32"),
+    Variant("torch-autocast-bf16", "torch", "cpu", "PyTorch eager under torch.autocast(bfloat16)",
+            _torch(autocast="bfloat16"), precision="autocast-bf16"),
+    Variant("torch-compile", "torch", "cpu", "torch.compile (inductor, static shapes), FP32",
+            _torch(compile=True), requires=_compiler, precision="fp32"),
+    Variant("torch-cuda-fp32", "torch", "cuda", "PyTorch eager on the GPU, FP32", _torch("cuda"),
+            requires=_cuda, precision="fp32"),
+    Variant("torch-cuda-autocast-fp16", "torch", "cuda", "PyTorch eager on the GPU under autocast(float16)",
+            _torch("cuda", autocast="float16"), requires=_cuda, precision="autocast-fp16"),
+    Variant("torch-cuda-autocast-bf16", "torch", "cuda", "PyTorch eager on the GPU under autocast(bfloat16)",
+            _torch("cuda", autocast="bfloat16"), requires=_cuda, precision="autocast-bf16"),
+    Variant("torch-cuda-compile", "torch", "cuda", "torch.compile (inductor) on the GPU, FP32",
+            _torch("cuda", compile=True), requires=_cuda, precision="fp32"),
+    Variant("onnxruntime-cpu", "onnxruntime", "cpu", "ONNX Runtime, CPU execution provider",
+            _onnxruntime("CPUExecutionProvider"), requires=_onnxruntime_cpu),
+    Variant("onnxruntime-cuda", "onnxruntime", "cuda", "ONNX Runtime, CUDA execution provider (CPU for nodes it lacks)",
+            _onnxruntime("CUDAExecutionProvider"), requires=_onnxruntime_cuda),
+    Variant("tensorrt", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine", _engine(), requires=_tensorrt),
+    Variant("tensorrt-cuda-graphs", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine, replayed as a CUDA graph",
+            _engine(cuda_graphs=True), requires=_tensorrt),
+):
+    register(_variant)
+
+
+def backend_names() -> list[str]:
+    return list(dict.fromkeys(v.backend for v in VARIANTS.values()))
+
+
+def parse_selection(text: str) -> list[str]:
+    """``"torch,onnxruntime-cpu"`` to its tokens, each a backend or a variant name; unknown ones are an error."""
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    if not tokens:
+        raise SpecdetError("--backends is empty: name backends or variants, e.g. torch,onnxruntime")
+    for token in tokens:
+        if token not in VARIANTS and token not in backend_names():
+            raise SpecdetError(
+                f"unknown backend {token!r}: choose backends ({', '.join(backend_names())}) "
+                f"or variants ({', '.join(VARIANTS)})"
+            )
+    return tokens
+
+
+def select(tokens: Sequence[str], checkpoint: Path, artifacts: Sequence[Path], *, strict: bool) -> list[tuple[Variant, Path]]:
+    """The (variant, artifact) pairs to run.
+
+    A backend name stands for each of its variants that can run here; a
+    variant name for itself. Torch variants run on ``checkpoint``, the others
+    on the ``artifacts`` of their file type. With ``strict``, a token that
+    yields nothing is an error saying why; without, it is dropped.
+    """
+    pairs: list[tuple[Variant, Path]] = []
+    for token in tokens:
+        named = [VARIANTS[token]] if token in VARIANTS else [v for v in VARIANTS.values() if v.backend == token]
+        found, reasons = [], []
+        for variant in named:
+            reason = variant.requires()
+            if reason:
+                reasons.append(f"{variant.name}: {reason}")
+                continue
+            targets = [checkpoint] if variant.backend == "torch" else [a for a in artifacts if variant.runs(a)]
+            if not targets:
+                reasons.append(f"{variant.name} runs {'/'.join(variant.suffixes)} files and none was given")
+            found += [(variant, a) for a in targets]
+        if not found and strict:
+            raise SpecdetError(f"--backends {token} has nothing to run: {'; '.join(reasons)}")
+        pairs += [p for p in found if p not in pairs]
+    return pairs
+
+
+def why_not(artifact: Path, tokens: Sequence[str]) -> str:
+    """Why none of ``tokens`` runs ``artifact``: the variants for its kind that cannot run here, or none named."""
+    kind = [v for v in VARIANTS.values() if v.runs(artifact)]
+    named = [v for v in kind if v.name in tokens or v.backend in tokens]
+    if not named:
+        return f"--backends names none of {', '.join(v.name for v in kind)}"
+    return "; ".join(f"{v.name}: {v.requires()}" for v in named if v.requires())
+
+
+def load(variant: Variant, artifact: Path, threads: int | None) -> Loaded:
+    before = timing.current_rss()
+    start = time.perf_counter()
+    runner = variant.load(artifact, threads)
+    seconds = time.perf_counter() - start
+    after = timing.current_rss()
+    rss = None if variant.device != "cpu" or before is None or after is None else max(0, after - before)
+    return Loaded(variant, runner, describe(variant, runner, threads), seconds, rss)
+
+
+def describe(variant: Variant, runner: Runner, threads: int | None) -> dict[str, Any]:
+    """What exactly runs, for the row that reports it."""
+    facts = {"backend": variant.backend, "device": variant.device, "threads_requested": threads}
+    facts.update(_DESCRIBE[variant.backend](variant, runner))
+    if variant.precision:
+        facts["precision"] = variant.precision
+    return facts
+
+
+def _describe_torch(variant: Variant, runner: Runner) -> dict[str, Any]:
+    import torch
+
+    provider = "cpu"
+    if variant.device == "cuda":
+        provider = f"cuda ({torch.cuda.get_device_name()})"
+    return {
+        "library": {"torch": torch.__version__},
+        "provider": provider,
+        "precision": "fp32",
+        "fft_mode": "torch.fft",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _describe_onnxruntime(variant: Variant, runner: Runner) -> dict[str, Any]:
+    import onnxruntime
+
+    manifest = read_manifest(runner.artifact)
+    session = runner._session
+    options = session.get_session_options()
+    threads = options.intra_op_num_threads or _physical_cores()  # 0: onnxruntime's default, the physical cores
+    return {
+        "library": {"onnxruntime": onnxruntime.__version__},
+        "provider": ",".join(session.get_providers()),
+        "precision": manifest.get("precision", "fp32"),
+        "fft_mode": manifest.get("fft_mode"),
+        "threads": threads,
+        "graph_optimization": str(options.graph_optimization_level).rsplit(".", 1)[-1],
+        "spinning": _config_entry(options, "session.intra_op.allow_spinning", "1 (default)"),
+    }
+
+
+def _config_entry(options, key: str, default: str) -> str:
+    try:
+        return options.get_session_config_entry(key) or default
+    except RuntimeError:  # onnxruntime's answer for a key never set
+        return default
+
+
+def _describe_tensorrt(variant: Variant, runner: Runner) -> dict[str, Any]:
+    manifest = read_manifest(runner.artifact)
+    engine = manifest.get("engine", {})
+    library = engine.get("backend", "tensorrt")
+    return {
+        "library": {library: engine.get("library_version") or _version(library)},
+        "provider": library,
+        "precision": manifest.get("precision", "fp32"),
+        "fft_mode": manifest.get("fft_mode"),
+        "threads": None,
+    }
+
+
+_DESCRIBE = {"torch": _describe_torch, "onnxruntime": _describe_onnxruntime, "tensorrt": _describe_tensorrt}
+
+
+@functools.cache
+def _physical_cores() -> int:
+    from specdet.benchmarks.machine import cpu_info
+
+    return cpu_info()["cores"]
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module.replace("-", "_")).__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+def artifact_kind(path: os.PathLike) -> str | None:
+    """The backend whose runner takes ``path`` by its suffix, or None."""
+    return DEFAULT_BACKENDS.get(Path(path).suffix.lower())
