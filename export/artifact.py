@@ -9,6 +9,8 @@ and library versions.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import platform
 from importlib import metadata
@@ -17,13 +19,15 @@ from pathlib import Path
 import torch
 
 from specdet import checkpoint as checkpoints
+from specdet.errors import SpecdetError
 from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
-from specdet.manifest import manifest_path, write_manifest
+from specdet.manifest import manifest_path, read_manifest, write_manifest
 from specdet.models import ScoringModule
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "probability")
-_VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime", "timm", "transformers", "specdet")
+PRECISIONS = ("fp32", "fp16")
+_VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxconverter-common", "timm", "transformers", "specdet")
 
 
 def library_versions() -> dict[str, str]:
@@ -44,9 +48,32 @@ def export_checkpoint(
     fft: str = "auto",
     opset: int = DEFAULT_OPSET,
     max_batch: int = 32,
+    precision: str = "fp32",
+    calibration: str | os.PathLike | None = None,
+    calibration_count: int = 32,
+    fp16_tolerance: float | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Export ``checkpoint`` to ``output`` (default: the checkpoint's name with ``.onnx``) plus its manifest."""
+    """Export ``checkpoint`` to ``output`` (default: the checkpoint's name with ``.onnx``) plus its manifest.
+
+    ``precision="fp16"`` exports and validates in FP32 first, then converts
+    (see :func:`convert_to_fp16`); the FP32 file is not kept.
+    """
+    if precision not in PRECISIONS:
+        raise SpecdetError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16":
+        _require_fp16()
+        output = Path(output) if output is not None else Path(checkpoint).with_name(Path(checkpoint).stem + "-fp16.onnx")
+        fp32 = output.with_name(f".{output.stem}.fp32.onnx")
+        try:
+            result = export_checkpoint(checkpoint, fp32, arch=arch, fft=fft, opset=opset, max_batch=max_batch,
+                                       progress=progress)
+            converted = convert_to_fp16(fp32, output, calibration=calibration, count=calibration_count,
+                                        tolerance=fp16_tolerance, progress=progress, keep_parent=False)
+        finally:
+            fp32.unlink(missing_ok=True)
+            manifest_path(fp32).unlink(missing_ok=True)
+        return dataclasses.replace(result, path=output, precision=converted)
     loaded = checkpoints.load(checkpoint, arch=arch)
     output = Path(output) if output is not None else Path(checkpoint).with_suffix(".onnx")
     crop = int(loaded.preprocessing["crop"])
@@ -80,3 +107,121 @@ def export_checkpoint(
         manifest_path(output).unlink(missing_ok=True)
         raise
     return result
+
+
+def _require_fp16() -> None:
+    from specdet.export.precision import require_converter
+
+    require_converter()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_to_fp16(
+    onnx_path: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    calibration: str | os.PathLike | None = None,
+    count: int = 32,
+    tolerance: float | None = None,
+    progress: bool = True,
+    keep_parent: bool = True,
+):
+    """An exported FP32 ``.onnx`` (with its manifest) to a mixed-precision FP16 file and manifest.
+
+    FP32 islands are chosen by measurement on calibration images (``calibration``:
+    a folder, ``count`` images spread over it; default: scikit-image's sample
+    photos). Returns the :class:`~specdet.export.precision.PrecisionReport`,
+    also written into the manifest (``fp32_islands``, ``fp16``).
+    ``keep_parent=False`` when the FP32 file is a temporary (the manifest then
+    names the checkpoint as parent).
+    """
+    import onnx
+
+    from specdet.export import precision as fp16
+
+    _require_fp16()
+    source = Path(onnx_path)
+    manifest = read_manifest(source)
+    if manifest.get("precision", "fp32") != "fp32":
+        raise SpecdetError(f"{source.name} is already {manifest['precision']}: convert its FP32 export")
+    output = Path(output) if output is not None else source.with_name(source.stem + "-fp16.onnx")
+    if output.resolve() == source.resolve():
+        raise SpecdetError(f"the FP16 file would overwrite its FP32 source {source.name}: pass another -o")
+    if manifest_path(output).resolve() == manifest_path(source).resolve():
+        raise SpecdetError(f"{output.name} and {source.name} would share the manifest {manifest_path(output).name}")
+    batches, description = calibration_batches(manifest, calibration, count)
+    say = _progress_printer(progress)
+    model = onnx.load(str(source))
+    converted, report = fp16.to_fp16(
+        model, batches, input_name=manifest["inputs"][0]["name"], threshold=float(manifest["threshold"]),
+        calibration=description, tolerance=fp16.DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        progress=say,
+    )
+    del model
+    tmp = output.with_name(f".{output.name}.partial")
+    try:
+        onnx.save(converted, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    parent = {"path": str(source), "sha256": _sha256(source)} if keep_parent else manifest["parent"]
+    try:
+        write_manifest(output, {
+            **{k: v for k, v in manifest.items() if k not in ("format", "version", "artifact")},
+            "precision": "fp16",
+            "fp32_islands": report.island_summary(),
+            "fp16": {k: v for k, v in report.to_dict().items() if k != "islands"},
+            "parent": parent,
+            "versions": library_versions(),
+        })
+    except BaseException:
+        output.unlink(missing_ok=True)
+        manifest_path(output).unlink(missing_ok=True)
+        raise
+    return report
+
+
+def _progress_printer(enabled: bool):
+    import sys
+
+    if not enabled:
+        return None
+    return lambda message: print(f"  fp16: {message}", file=sys.stderr, flush=True)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def calibration_batches(manifest: dict, source: str | os.PathLike | None, count: int):
+    """Preprocessed calibration images in batches the artifact accepts, and a description of where they came from."""
+    import numpy as np
+
+    from specdet.runtime.preprocess import preprocess
+
+    if source is None:
+        from specdet.demo import sample_photos
+
+        images = [array for _, array in sample_photos()]
+        description = "scikit-image sample photos"
+    else:
+        root = Path(source)
+        if not root.is_dir():
+            raise SpecdetError(f"calibration folder {root} not found")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise SpecdetError(f"no images in calibration folder {root}")
+        if count < len(files):  # spread over the folder: every source and class, not the first few
+            files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count)]
+        images = files
+        description = f"{len(files)} images from {root}"
+    pixels = preprocess(images, manifest["preprocessing"])
+    step = max(1, min(8, int(manifest["batch"]["max"])))
+    return [pixels[i : i + step] for i in range(0, len(pixels), step)], description

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from specdet import cli
-from specdet.export.artifact import export_checkpoint
+from specdet.export.artifact import PRECISIONS, convert_to_fp16, export_checkpoint
 from specdet.export.onnx import AUTO_FFT, DEFAULT_OPSET, FFT_MODES
 
 
@@ -16,8 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a detector checkpoint to ONNX (dynamic batch), validate it against PyTorch "
         "in ONNX Runtime and write a manifest (model.json) beside it.",
     )
-    parser.add_argument("checkpoint", help="a .pth written by specdet (or a plain state dict with --arch)")
-    parser.add_argument("-o", "--output", help="ONNX file to write (default: the checkpoint's name with .onnx)")
+    parser.add_argument(
+        "checkpoint",
+        help="a .pth written by specdet (or a plain state dict with --arch); with --precision fp16 also an "
+        "exported FP32 .onnx with its manifest, converted without re-exporting",
+    )
+    parser.add_argument(
+        "-o", "--output",
+        help="ONNX file to write (default: the checkpoint's name with .onnx; NAME-fp16.onnx with --precision fp16)",
+    )
     parser.add_argument("--arch", help="architecture of a plain state dict (see specdet.models.list_models())")
     parser.add_argument(
         "--fft", default="auto", choices=["auto", *FFT_MODES],
@@ -26,6 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch the file accepts (default 32)")
+    fp16 = parser.add_argument_group("precision")
+    fp16.add_argument(
+        "--precision", default="fp32", choices=PRECISIONS,
+        help="fp16: mixed-precision file for strongly typed TensorRT (FP16 tensors, FP32 inputs, outputs and "
+        "measured FP32 islands); needs specdet[fp16]",
+    )
+    fp16.add_argument(
+        "--calibration", metavar="DIR",
+        help="images the FP16 error is measured on (default: scikit-image's sample photos)",
+    )
+    fp16.add_argument("--calibration-count", type=int, default=32, metavar="N",
+                      help="images taken from --calibration, spread over the folder (default 32)")
+    fp16.add_argument("--fp16-tolerance", type=float, metavar="P",
+                      help="largest probability difference from FP32 an op group may leave when it goes FP16 "
+                      "(default 0.005)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_debug_flag(parser)
     return parser
@@ -34,14 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
 def _export(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise cli.SpecdetError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.calibration_count < 1:
+        raise cli.SpecdetError(f"--calibration-count must be at least 1, got {args.calibration_count}")
+    progress = not args.quiet and sys.stderr.isatty()
+    if Path(args.checkpoint).suffix.lower() == ".onnx":
+        if args.precision != "fp16":
+            raise cli.SpecdetError(f"{args.checkpoint} is already ONNX: pass --precision fp16 to convert it, "
+                                   "or export a checkpoint")
+        report = convert_to_fp16(args.checkpoint, args.output, calibration=args.calibration,
+                                 count=args.calibration_count, tolerance=args.fp16_tolerance, progress=progress)
+        output = args.output or str(Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-fp16.onnx"))
+        print(f"wrote {output} ({Path(output).stat().st_size / 1e6:.1f} MB, fp16) in {report.seconds:.1f} s")
+        print("\n".join(report.lines()))
+        return 0
     result = export_checkpoint(
         args.checkpoint, args.output, arch=args.arch, fft=args.fft, opset=args.opset,
-        max_batch=args.max_batch, progress=not args.quiet and sys.stderr.isatty(),
+        max_batch=args.max_batch, precision=args.precision, calibration=args.calibration,
+        calibration_count=args.calibration_count, fp16_tolerance=args.fp16_tolerance, progress=progress,
     )
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, fft={result.fft}, opset {result.opset}, "
-          f"batch 1..{result.max_batch}) in {result.seconds:.1f} s")
-    print(f"validated against PyTorch at batch sizes {result.validation.batch_sizes}:")
+          f"batch 1..{result.max_batch}{', fp16' if result.precision is not None else ''}) in {result.seconds:.1f} s")
+    print(f"validated against PyTorch at batch sizes {result.validation.batch_sizes}"
+          f"{' (the FP32 export, before conversion)' if result.precision is not None else ''}:")
     print("\n".join(result.validation.lines()))
+    if result.precision is not None:
+        print("\n".join(result.precision.lines()))
     return 0
 
 

@@ -47,6 +47,7 @@ class ExportResult:
     max_batch: int
     validation: ValidationReport
     seconds: float
+    precision: object = None  # FP16 exports: specdet.export.precision.PrecisionReport
 
     @property
     def size_bytes(self) -> int:

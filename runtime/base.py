@@ -27,10 +27,11 @@ OUTPUT_NAMES = ("logit", "probability")
 BACKENDS = {
     "torch": "specdet.runtime.torch_runner:TorchRunner",
     "onnxruntime": "specdet.runtime.onnxruntime_runner:OnnxRuntimeRunner",
+    "tensorrt": "specdet.runtime.tensorrt_runner:TensorRTRunner",
 }
 
 # Artifact suffix -> backend used when none is named.
-DEFAULT_BACKENDS = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime"}
+DEFAULT_BACKENDS = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ class OnnxRuntimeRunner(Runner):
         manifest = read_manifest(path)
         if arch is not None and arch != manifest["architecture"]:
             raise SpecdetError(f"{path.name} holds a {manifest['architecture']} model, not {arch}: drop --arch")
-        self._session = _session(path, threads)
+        self._session = _session(path, threads, manifest.get("precision", "fp32"))
         (spec,) = manifest["inputs"]
         self._input_name = spec["name"]
         _check_names(path, self._session, self._input_name)
@@ -45,9 +45,13 @@ class OnnxRuntimeRunner(Runner):
         return {"logit": logit, "probability": probability}
 
 
-def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+def _session(path: Path, threads: int | None, precision: str = "fp32") -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ONNX Runtime's layout optimizer (the level above EXTENDED) crashes on
+    # FP16 graphs (seen with 1.32 on the CPU): FP16 files stop below it.
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if precision == "fp16" else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     options.log_severity_level = _LOG_ERRORS_ONLY
     if threads is not None:
         options.intra_op_num_threads = threads

@@ -1,6 +1,7 @@
 """The manifest: a JSON file beside each exported artifact that says how to run it.
 
-``model.onnx`` has ``model.json`` (same stem). The runtime and the benchmarks
+``model.onnx`` has ``model.json`` (same stem); an engine ``model.engine`` has
+``model.engine.json``. The runtime and the benchmarks
 read everything they need from it (input size, preprocessing, threshold,
 batch range) instead of importing training code. Keys::
 
@@ -13,6 +14,10 @@ batch range) instead of importing training code. Keys::
     batch                  {"min", "max"}
     fft_mode, precision, opset, parent {"path", "sha256"}, versions, validation, metadata
                            provenance, written by the exporter
+    fp32_islands, fp16     FP16 files: the nodes left in FP32 (name, reason, nodes) and the
+                           measured agreement with the FP32 file (specdet.export.precision)
+    engine                 engines: backend, library version, compute capabilities, profile,
+                           plugins, build time (specdet.export.engine)
 
 Only the keys the runtime needs are required on read; the provenance keys
 may grow without breaking older readers.
@@ -43,8 +48,16 @@ REQUIRED_KEYS = (
 )
 
 
+# Engines sit beside the ONNX file they were built from: ``model.engine`` has
+# ``model.engine.json``, so that it does not replace ``model.json``.
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
 def manifest_path(artifact: str | os.PathLike) -> Path:
-    return Path(artifact).with_suffix(".json")
+    path = Path(artifact)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return path.with_name(path.name + ".json")
+    return path.with_suffix(".json")
 
 
 def write_manifest(artifact: str | os.PathLike, data: dict[str, Any]) -> Path:

@@ -64,14 +64,15 @@ def test_default_backend_by_suffix():
     assert default_backend("a/model.pth") == "torch"
     assert default_backend("model.PT") == "torch"
     assert default_backend("model.onnx") == "onnxruntime"
+    assert default_backend("model.engine") == "tensorrt"
     with pytest.raises(SpecdetError, match="pass --backend"):
-        default_backend("model.engine")
+        default_backend("model.bin")
 
 
 def test_unknown_backend_lists_known_ones():
-    with pytest.raises(SpecdetError, match="unknown backend 'tensorflow': known: torch, onnxruntime"):
+    with pytest.raises(SpecdetError, match="unknown backend 'tensorflow': known: torch, onnxruntime, tensorrt"):
         runner_class("tensorflow")
-    assert set(BACKENDS) == {"torch", "onnxruntime"}
+    assert set(BACKENDS) == {"torch", "onnxruntime", "tensorrt"}
 
 
 def test_missing_onnx_artifact(tmp_path):

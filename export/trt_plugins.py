@@ -1,0 +1,117 @@
+"""Our TensorRT plugin library at build time: load it, see which ``specdet`` ops it provides, strip their fallbacks.
+
+A ``--fft plugin`` ONNX file carries each ``specdet`` op twice: as a node that
+our TensorRT plugin implements, and as an ONNX local function (the ``matmul``
+lowering) that any runtime can inline. TensorRT's ONNX parser inlines a local
+function unless a plugin of that name is registered, and the TensorRT-RTX 1.7
+parser was seen inlining even then; so before parsing, the function bodies of
+the ops the loaded libraries provide are removed, which leaves the parser one
+way to import those nodes: as plugins (looked up by op type,
+``plugin_version`` and ``plugin_namespace``). Ops no library provides keep
+their bodies and are inlined, so the engine still builds without the plugin.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+import onnx
+from onnx import helper
+
+from specdet.errors import SpecdetError
+
+DOMAIN = "specdet"
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginOp:
+    name: str
+    version: str
+    namespace: str
+
+
+def load_plugin_libraries(trt: ModuleType, paths: Iterable[str | os.PathLike]) -> dict[str, list[PluginOp]]:
+    """Load each shared library; returns, per path, the plugin creators it registered.
+
+    Libraries register their creators when loaded (static registration) or
+    through ``getCreators``, which the registry's ``load_library`` calls; both
+    are tried.
+    """
+    registry = trt.get_plugin_registry()
+    loaded: dict[str, list[PluginOp]] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecdetError(f"plugin library {path} not found")
+        before = _creators(registry)
+        try:
+            ctypes.CDLL(str(path.resolve()), mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            raise SpecdetError(f"cannot load plugin library {path}: {err}") from err
+        added = _creators(registry) - before
+        if not added:
+            try:
+                registry.load_library(str(path.resolve()))
+            except Exception:  # the library may have nothing for load_library: judged by the registry below
+                pass
+            added = _creators(registry) - before
+        if not added:
+            raise SpecdetError(
+                f"{path} loaded but registered no TensorRT plugin with {trt.__name__} {trt.__version__}: "
+                "is it built against this library?"
+            )
+        loaded[str(path)] = sorted(added, key=lambda op: op.name)
+    return loaded
+
+
+def _creators(registry) -> set[PluginOp]:
+    return {PluginOp(c.name, str(c.plugin_version), c.plugin_namespace) for c in registry.all_creators}
+
+
+def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node if node.domain == DOMAIN]
+
+
+def strip_plugin_fallbacks(model: onnx.ModelProto, provided_ops: Iterable[PluginOp | str]) -> list[str]:
+    """Remove the local-function bodies of the ``specdet`` ops in ``provided_ops``; returns the ops stripped.
+
+    Nodes of a stripped op get ``plugin_version``/``plugin_namespace``
+    attributes when the provider's differ from the parser's defaults ("1", "").
+    ``model`` is modified in place.
+    """
+    provided = {}
+    for op in provided_ops:
+        op = op if isinstance(op, PluginOp) else PluginOp(op, "1", "")
+        provided.setdefault(op.name, op)
+    used = {node.op_type for node in plugin_nodes(model)}
+    stripped = sorted(used & set(provided))
+    for function in [f for f in model.functions if f.domain == DOMAIN and f.name in stripped]:
+        model.functions.remove(function)
+    for node in plugin_nodes(model):
+        op = provided.get(node.op_type)
+        if op is None:
+            continue
+        present = {a.name for a in node.attribute}
+        if op.version != "1" and "plugin_version" not in present:
+            node.attribute.append(helper.make_attribute("plugin_version", op.version))
+        if op.namespace and "plugin_namespace" not in present:
+            node.attribute.append(helper.make_attribute("plugin_namespace", op.namespace))
+    return stripped
+
+
+def check_plugin_ops(model: onnx.ModelProto, provided: Iterable[str], source: str) -> None:
+    """Raise if a ``specdet`` node has neither a function body nor a loaded plugin."""
+    bodies = {f.name for f in model.functions if f.domain == DOMAIN}
+    provided = set(provided)
+    missing = sorted({n.op_type for n in plugin_nodes(model)} - bodies - provided)
+    if missing:
+        raise SpecdetError(
+            f"{source} uses the plugin op(s) {', '.join(DOMAIN + '.' + m for m in missing)} without a fallback body, "
+            "and no loaded plugin library provides them: pass --plugins LIB (our kernels' plugin library), or "
+            "re-export with --fft plugin (which carries fallback bodies) or --fft matmul"
+        )
