@@ -10,19 +10,19 @@ and library versions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
 import torch
+from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
+from specdet.models import ScoringModule
 
 from specdet import checkpoint as checkpoints
 from specdet.errors import SpecdetError
-from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
+from specdet.files import file_sha256
 from specdet.manifest import manifest_path, read_manifest, write_manifest
-from specdet.models import ScoringModule
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "probability")
@@ -115,14 +115,6 @@ def _require_fp16() -> None:
     require_converter()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_to_fp16(
     onnx_path: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -143,7 +135,6 @@ def convert_to_fp16(
     names the checkpoint as parent).
     """
     import onnx
-
     from specdet.export import precision as fp16
 
     _require_fp16()
@@ -172,7 +163,7 @@ def convert_to_fp16(
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    parent = {"path": str(source), "sha256": _sha256(source)} if keep_parent else manifest["parent"]
+    parent = {"path": str(source), "sha256": file_sha256(source)} if keep_parent else manifest["parent"]
     try:
         write_manifest(output, {
             **{k: v for k, v in manifest.items() if k not in ("format", "version", "artifact")},
@@ -203,7 +194,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 def calibration_batches(manifest: dict, source: str | os.PathLike | None, count: int):
     """Preprocessed calibration images in batches the artifact accepts, and a description of where they came from."""
     import numpy as np
-
     from specdet.runtime.preprocess import preprocess
 
     if source is None:

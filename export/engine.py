@@ -21,7 +21,6 @@ capabilities, precision, profile and plugins.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import os
 import re
@@ -30,9 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from specdet.atomic import atomic_write
-from specdet.errors import SpecdetError
 from specdet.export import trt_plugins
+
+from specdet.errors import SpecdetError
+from specdet.files import atomic_write, file_sha256
 from specdet.manifest import manifest_path, read_manifest, write_manifest
 
 # --backend name -> Python module; the first installed one is the default.
@@ -181,14 +181,6 @@ def current_compute_capability() -> str | None:
     except Exception:
         return None
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dtype(trt: ModuleType, dtype) -> str:
@@ -342,7 +334,7 @@ def build_engine(
             for t in targets
         ]
     plugin_records = [
-        {"path": str(Path(p).resolve()), "sha256": _sha256(Path(p)), "ops": [dataclasses.asdict(op) for op in ops]}
+        {"path": str(Path(p).resolve()), "sha256": file_sha256(Path(p)), "ops": [dataclasses.asdict(op) for op in ops]}
         for p, ops in loaded.items()
     ]
     seconds = time.perf_counter() - start
@@ -373,7 +365,7 @@ def build_engine(
             "batch": {"min": profile[0], "max": profile[2]},
             "precision": precision,
             "engine": engine_section,
-            "parent": {"path": str(source.resolve()), "sha256": _sha256(source), "parent": manifest.get("parent")},
+            "parent": {"path": str(source.resolve()), "sha256": file_sha256(source), "parent": manifest.get("parent")},
             "onnx_validation": manifest.get("validation"),
         })
     except BaseException:

@@ -16,7 +16,6 @@ names the architecture.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any
 import torch
 
 from specdet import models
-from specdet.atomic import atomic_write
 from specdet.errors import SpecdetError
+from specdet.files import atomic_write, file_sha256
 
 FORMAT = "specdet-checkpoint"
 VERSION = 1
@@ -96,14 +95,6 @@ def load(path: str | os.PathLike, *, arch: str | None = None) -> LoadedCheckpoin
     model = _build(path, fields["architecture"], fields["config"])
     _load_weights(path, model, fields.pop("state_dict"))
     return LoadedCheckpoint(model=model.eval(), path=path, sha256=file_sha256(path), **fields)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read(path: Path) -> Any:

@@ -30,8 +30,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from specdet.atomic import atomic_write
 from specdet.errors import SpecdetError
+from specdet.files import atomic_write
 
 FORMAT = "specdet-manifest"
 VERSION = 1

@@ -19,14 +19,15 @@ import onnx
 import pytest
 import torch
 from skimage import data as samples
+from specdet.export import artifact, cli
+from specdet.export import onnx as export_onnx_module
+from specdet.models import create_model, default_preprocessing
+from specdet.runtime import Detector
 
 from specdet import checkpoint
 from specdet.errors import SpecdetError
-from specdet.export import artifact, cli
-from specdet.export import onnx as export_onnx_module
+from specdet.files import file_sha256
 from specdet.manifest import manifest_path, read_manifest
-from specdet.models import create_model, default_preprocessing
-from specdet.runtime import Detector
 
 MODELS = ("dual_branch_tiny", "rine_ssca_tiny")
 MODES = ("dft", "matmul", "plugin")
@@ -151,7 +152,7 @@ def test_manifest_beside_the_onnx_file(exported):
     ]
     assert manifest["preprocessing"] == default_preprocessing(exported.name)
     assert manifest["threshold"] == 0.5
-    assert manifest["parent"] == {"path": str(exported.source), "sha256": checkpoint.file_sha256(exported.source)}
+    assert manifest["parent"] == {"path": str(exported.source), "sha256": file_sha256(exported.source)}
     if (exported.name, exported.fft) == FROM_STATE_DICT:
         assert manifest["config"] == {}  # a plain state dict names no config: the registry default
     else:
