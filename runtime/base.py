@@ -51,6 +51,18 @@ class ArtifactInfo:
     input: TensorSpec
     max_batch: int | None  # None: no limit
 
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ArtifactInfo:
+        """What an exported artifact's manifest says (one input; see specdet.manifest)."""
+        (spec,) = manifest["inputs"]
+        return cls(
+            architecture=manifest["architecture"],
+            preprocessing=manifest["preprocessing"],
+            threshold=float(manifest["threshold"]),
+            input=TensorSpec(spec["name"], tuple(spec["shape"]), spec["dtype"]),
+            max_batch=int(manifest["batch"]["max"]),
+        )
+
 
 class Runner(abc.ABC):
     """One loaded artifact. Subclasses take ``(artifact, *, arch=None, threads=None)``,

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from specdet.errors import SpecdetError
 from specdet.manifest import read_manifest
-from specdet.runtime.base import OUTPUT_NAMES, ArtifactInfo, Runner, TensorSpec, require_file
+from specdet.runtime.base import OUTPUT_NAMES, ArtifactInfo, Runner, require_file
 
 # ONNX Runtime logs warnings (unused initialisers, provider fallbacks) to
 # stderr; a command's stderr is for the user, so only errors get through.
@@ -29,16 +29,7 @@ class OnnxRuntimeRunner(Runner):
         (spec,) = manifest["inputs"]
         self._input_name = spec["name"]
         _check_names(path, self._session, self._input_name)
-        super().__init__(
-            path,
-            ArtifactInfo(
-                architecture=manifest["architecture"],
-                preprocessing=manifest["preprocessing"],
-                threshold=float(manifest["threshold"]),
-                input=TensorSpec(spec["name"], tuple(spec["shape"]), spec["dtype"]),
-                max_batch=manifest["batch"]["max"],
-            ),
-        )
+        super().__init__(path, ArtifactInfo.from_manifest(manifest))
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         logit, probability = self._session.run(list(OUTPUT_NAMES), {self._input_name: batch})

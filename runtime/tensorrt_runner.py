@@ -31,7 +31,7 @@ import numpy as np
 from specdet.errors import SpecdetError
 from specdet.export import trt_plugins
 from specdet.manifest import read_manifest
-from specdet.runtime.base import OUTPUT_NAMES, ArtifactInfo, Runner, TensorSpec, require_file
+from specdet.runtime.base import OUTPUT_NAMES, ArtifactInfo, Runner, require_file
 
 _TORCH_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32", "int64": "int64", "bool": "bool"}
 
@@ -103,16 +103,7 @@ class TensorRTRunner(Runner):
         self._io = self._check_io(path, manifest)
         self._max_batch = int(manifest["batch"]["max"])
         self._local = threading.local()
-        super().__init__(
-            path,
-            ArtifactInfo(
-                architecture=manifest["architecture"],
-                preprocessing=manifest["preprocessing"],
-                threshold=float(manifest["threshold"]),
-                input=TensorSpec(spec["name"], tuple(spec["shape"]), spec["dtype"]),
-                max_batch=self._max_batch,
-            ),
-        )
+        super().__init__(path, ArtifactInfo.from_manifest(manifest))
 
     # --- loading ---
 
