@@ -98,6 +98,17 @@ def spectrum_magnitude_mean_params(shape: Sequence[int], dtype: str, method: str
     return SpectrumMagnitudeMeanParams(b, c, h, w, _lookup(DTYPES, dtype, "dtype"), _lookup(METHODS, method, "method"))
 
 
+def op_params(op: str, shape: Sequence[int], attributes: dict | None, dtype: str, method: str) -> tuple[ctypes.Structure, tuple[int, ...]]:
+    """The parameter struct of ``op`` (an ONNX op name) for an input shape, and the output shape."""
+    shape = tuple(int(d) for d in shape)
+    attributes = dict(attributes or {})
+    if op == "BandSplit":
+        edges = list(attributes["edges"])
+        params = band_split_params(shape, edges, attributes.get("centre", "zero"), dtype, method)
+        return params, (shape[0], len(edges) + 1, *shape[1:])
+    return spectrum_magnitude_mean_params(shape, dtype, method), shape[:2]
+
+
 def _lookup(table: dict, key: str, what: str) -> int:
     if key not in table:
         raise SpecdetError(f"{what} must be one of {sorted(table)}, got {key!r}")
@@ -191,14 +202,7 @@ class KernelLibrary:
         dtype = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(x.dtype)
         if dtype is None:
             raise SpecdetError(f"the kernels take float32 or float16, got {x.dtype}")
-        attributes = dict(attributes or {})
-        if op == "BandSplit":
-            edges = list(attributes["edges"])
-            params = band_split_params(x.shape, edges, attributes.get("centre", "zero"), dtype, method)
-            out_shape = (x.shape[0], len(edges) + 1, *x.shape[1:])
-        else:
-            params = spectrum_magnitude_mean_params(x.shape, dtype, method)
-            out_shape = x.shape[:2]
+        params, out_shape = op_params(op, x.shape, attributes, dtype, method)
         if not self.validate(op, params):
             raise KernelError(OPS[op].c_name + "_validate", 1, "parameters outside the op's contract")
         y = np.empty(out_shape, dtype=x.dtype)

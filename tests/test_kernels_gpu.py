@@ -30,12 +30,8 @@ def lib() -> library.KernelLibrary:
 
 def run(lib, op: str, x: torch.Tensor, attributes: dict, method: str, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
     dtype = {torch.float32: "float32", torch.float16: "float16"}[x.dtype]
-    if op == "BandSplit":
-        params = library.band_split_params(x.shape, attributes["edges"], attributes["centre"], dtype, method)
-        y = x.new_empty((x.shape[0], len(attributes["edges"]) + 1, *x.shape[1:]))
-    else:
-        params = library.spectrum_magnitude_mean_params(x.shape, dtype, method)
-        y = x.new_empty(x.shape[:2])
+    params, out_shape = library.op_params(op, x.shape, attributes, dtype, method)
+    y = x.new_empty(out_shape)
     size = lib.workspace_size(op, params)
     workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=x.device)
     plans = lib.create_plans()
