@@ -1,8 +1,9 @@
 """GPU micro-benchmark of the spectral kernels: which method wins where, at the models' sizes.
 
     python -m specdet.benchmarks.kernels_bench --out benchmarks/results/kernels-h100.json
+    python -m specdet.benchmarks.kernels_bench --device cpu --batches 1 --size 32 ...   # the CPU emulation, for CI
 
-Band split, ``[32, 3, 224, 224]`` to 4 bands, float32 and float16:
+Band split, ``[B, 3, 224, 224]`` to 4 bands for each B of ``--batches`` (1, 8, 32), float32 and float16:
 - ``kernel-cufft``, ``kernel-dft``: our launch function (specdet_band_split) per method;
 - ``seed-fft-chain``: the seed code's chain, one complex ``fft2`` and four masked ``ifft2().real``
   (float16 runs it in float32: torch.fft has no float16 for sizes that are not powers of two);
@@ -15,8 +16,11 @@ the torch op over our kernel against the plain torch version.
 
 Each row: median, 10th and 90th percentile of CUDA-event times over the
 repetitions, and the largest difference from the float64 NumPy reference.
+:func:`summarize` gives each kernel's speed-up over the seed's chain and
+:func:`choose_methods` the faster method per op (what ``auto`` should be).
 Writes JSON with the device and library versions. Without a CUDA device it
-says so and exits with status 2: it measures nothing on a CPU.
+says so and exits with status 2, unless ``--device cpu``: then the kernels
+run in the CPU emulation library, which checks the plumbing, not the speed.
 """
 
 from __future__ import annotations
@@ -35,24 +39,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specdet.benchmarks import timing
 from specdet.kernels import library, reference
 from specdet.models import spectral
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def time_cuda(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> dict:
+    """Milliseconds per call: CUDA events on a GPU, the monotonic clock on the CPU."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    synchronize(device)
+    clock = timing.CudaEventClock() if device.type == "cuda" else timing.MonotonicClock()
+    times = [clock.measure(fn) * 1e3 for _ in range(repeats)]
     return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)), "p90_ms": float(np.percentile(times, 90))}
 
 
@@ -76,7 +81,8 @@ def kernel_call(lib: library.KernelLibrary, op: str, x: torch.Tensor, attributes
     lib.prepare(op, params, plans)
 
     def call() -> torch.Tensor:
-        lib.launch(op, params, x.data_ptr(), y.data_ptr(), workspace.data_ptr(), size, plans, torch.cuda.current_stream().cuda_stream)
+        stream = torch.cuda.current_stream().cuda_stream if x.is_cuda else 0  # the emulation takes host pointers
+        lib.launch(op, params, x.data_ptr(), y.data_ptr(), workspace.data_ptr(), size, plans, stream)
         return y
 
     return call
@@ -107,24 +113,31 @@ def measure(rows: list, label: str, dtype: str, shape: list, impl: str, fn: Call
     row = {"op": label, "impl": impl, "dtype": dtype, "shape": shape}
     try:
         out = fn()
-        torch.cuda.synchronize()
+        synchronize(args.device)
         row["max_abs_error"] = float(np.max(np.abs(out.double().cpu().numpy() - expected)))
-        row.update(time_cuda(fn, args.warmup, args.repeats))
+        row.update(time_calls(fn, args.warmup, args.repeats, args.device))
     except Exception as error:  # noqa: BLE001 (one failing candidate must not hide the others)
         row["error"] = f"{type(error).__name__}: {error}"
         if args.verbose:
             traceback.print_exc()
     rows.append(row)
-    timing = f"{row['median_ms']:8.3f} ms (p10 {row['p10_ms']:.3f}, p90 {row['p90_ms']:.3f})" if "median_ms" in row else row.get("error", "")
+    text = f"{row['median_ms']:8.3f} ms (p10 {row['p10_ms']:.3f}, p90 {row['p90_ms']:.3f})" if "median_ms" in row else row.get("error", "")
     error = f"  max|err| {row['max_abs_error']:.2e}" if "max_abs_error" in row else ""
-    print(f"{label:22s} {dtype:8s} {impl:22s} {timing}{error}", flush=True)
+    print(f"{label:22s} {dtype:8s} {str(shape):18s} {impl:22s} {text}{error}", flush=True)
 
 
 def bench_ops(lib: library.KernelLibrary, args) -> list:
     rows: list = []
-    device = torch.device("cuda")
+    for batch in args.batches:
+        rows += bench_ops_at(lib, args, batch)
+    return rows
+
+
+def bench_ops_at(lib: library.KernelLibrary, args, b: int) -> list:
+    rows: list = []
+    device = args.device
     edges = spectral.default_band_edges(4)
-    b, c, s = args.batch, args.channels, args.size
+    c, s = args.channels, args.size
     image16 = np.random.default_rng(0).standard_normal((b, c, s, s)).astype(np.float16)
     expected_bands = reference.band_split(image16, edges, "zero")
     masks = spectral.radial_band_masks(s, s, edges, "zero").to(device)
@@ -143,7 +156,7 @@ def bench_ops(lib: library.KernelLibrary, args) -> list:
         measure(rows, "band_split", name, shape, "seed-fft-chain", in_float32(lambda t: seed_chain(t, masks), x), expected_bands, args)
         measure(rows, "band_split", name, shape, "torch-rfft", in_float32(band_split_reference, x), expected_bands, args)
         measure(rows, "band_split", name, shape, "matmul-lowering", lowered(band_split_reference, x, False), expected_bands, args)
-        if dtype == torch.float32:
+        if dtype == torch.float32 and device.type == "cuda":
             measure(rows, "band_split", name, shape, "matmul-lowering-tf32", lowered(band_split_reference, x, True), expected_bands, args)
 
         f = torch.from_numpy(fmap16).to(device, dtype)
@@ -157,56 +170,124 @@ def bench_ops(lib: library.KernelLibrary, args) -> list:
 
 def bench_model(name: str, args, rows: list) -> None:
     from specdet.kernels.torch_ops import use_kernels
-    from specdet.models import ScoringModule, create_model
+    from specdet.models import ScoringModule, create_model, model_config
 
     torch.manual_seed(0)
-    model = ScoringModule(create_model(name)).eval().cuda()
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
+    device = args.device
+    model = ScoringModule(create_model(name)).eval().to(device)
+    size = model_config(name).input_size
+    batch = max(args.batches)
+    x = torch.randn(batch, 3, size, size, device=device)
     with torch.inference_mode():
         expected = model(x)[0].double().cpu().numpy()
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast: bfloat16
     variants = {
         ("float32", "torch"): (contextlib.nullcontext, False),
         ("float32", "kernels"): (use_kernels, False),
-        ("float16-autocast", "torch"): (contextlib.nullcontext, True),
-        ("float16-autocast", "kernels"): (use_kernels, True),
+        (f"{str(half).split('.')[-1]}-autocast", "torch"): (contextlib.nullcontext, True),
+        (f"{str(half).split('.')[-1]}-autocast", "kernels"): (use_kernels, True),
     }
     for (dtype, impl), (context, autocast) in variants.items():
 
         def forward(context=context, autocast=autocast) -> torch.Tensor:
-            with torch.inference_mode(), context(), torch.autocast("cuda", torch.float16, enabled=autocast):
+            with torch.inference_mode(), context(), torch.autocast(device.type, half, enabled=autocast):
                 return model(x)[0]
 
-        measure(rows, f"model:{name}", dtype, [args.batch, 3, 224, 224], impl, forward, expected, args)
+        measure(rows, f"model:{name}", dtype, list(x.shape), impl, forward, expected, args)
 
 
 def bench_models(args) -> list:
     rows: list = []
     for name in args.models:
         bench_model(name, args, rows)
-        torch.cuda.empty_cache()
+        if args.device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
-def environment(lib: library.KernelLibrary | None) -> dict:
+# The seed's chain is what a user of the seed code runs today; the kernels must beat it.
+BASELINE = "seed-fft-chain"
+
+
+def summarize(rows: list) -> list:
+    """Per op, dtype and shape: each kernel method's time and its speed-up over the seed's chain and the matmul lowering."""
+    groups: dict = {}
+    for row in rows:
+        if "median_ms" in row and not row["op"].startswith("model:"):
+            groups.setdefault((row["op"], row["dtype"], tuple(row["shape"])), {})[row["impl"]] = row["median_ms"]
+    summary = []
+    for (op, dtype, shape), times in groups.items():
+        for impl, ms in times.items():
+            if not impl.startswith("kernel-"):
+                continue
+            entry = {"op": op, "dtype": dtype, "shape": list(shape), "method": impl.removeprefix("kernel-"), "median_ms": ms}
+            for other in (BASELINE, "torch-rfft", "matmul-lowering"):
+                entry[f"speedup_vs_{other}"] = times[other] / ms if other in times else None
+            summary.append(entry)
+    return summary
+
+
+def choose_methods(rows: list) -> dict[str, str]:
+    """Per op, the kernel method with the smaller total median time over every dtype and shape both ran."""
+    totals: dict = {}
+    for row in rows:
+        if "median_ms" in row and row["impl"].startswith("kernel-"):
+            key = (row["op"], row["dtype"], tuple(row["shape"]))
+            totals.setdefault(row["op"], {}).setdefault(key, {})[row["impl"].removeprefix("kernel-")] = row["median_ms"]
+    chosen = {}
+    for op, cases in totals.items():
+        both = [times for times in cases.values() if len(times) == 2]
+        if both:
+            methods = both[0].keys()
+            chosen[op] = min(methods, key=lambda m: sum(times[m] for times in both))
+    return chosen
+
+
+def environment(lib: library.KernelLibrary | None, device: torch.device) -> dict:
     from specdet.export.artifact import library_versions
 
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "device": props.name,
-        "compute_capability": f"{props.major}.{props.minor}",
-        "memory_gib": round(props.total_memory / 2**30, 1),
+    env = {
+        "device": "cpu (kernels in the emulation library)",
         "torch_cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
         "versions": library_versions(),
         "kernel_library": str(lib.path) if lib else None,
         "system": platform.platform(),
     }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update(device=props.name, compute_capability=f"{props.major}.{props.minor}",
+                   memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
+    return env
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args) -> dict:
+    """Every row (ops, then models), the summary and the chosen methods, as the JSON report holds them."""
+    if args.device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        lib = library.load(archs=f"{major}{minor}")
+    else:
+        lib = library.load_emulation()
+    env = environment(lib, args.device)
+    print(f"{env['device']}, torch {torch.__version__}, CUDA {env['torch_cuda']}", flush=True)
+    rows = bench_ops(lib, args) + bench_models(args)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "environment": env,
+        "settings": {k: str(v) if k == "device" else v for k, v in vars(args).items() if k != "out"},
+        "method_env": os.environ.get("SPECDET_KERNELS_METHOD", "auto"),
+        "rows": rows,
+        "summary": summarize(rows),
+        "chosen_methods": choose_methods(rows),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m specdet.benchmarks.kernels_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/<date>-<device>-kernels.json)")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32); "
+                        "the models run at the largest")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu: the kernels in the CPU emulation library, tiny sizes only (a check, not a measurement)")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--ssca-channels", type=int, default=128, help="channels of the SSCA map (proj_dim)")
@@ -217,28 +298,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
-    if not torch.cuda.is_available():
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    args.device = torch.device(args.device)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
         print(
             "kernels_bench: no CUDA device here, nothing measured. This benchmark times the CUDA kernels "
             "(cuFFT and DFT methods, float32 and float16) against torch.fft and the matmul lowering on a GPU; "
-            "run it on a machine with one (it builds the kernel library with nvcc, or set SPECDET_KERNELS_LIB).",
+            "run it on a machine with one (it builds the kernel library with nvcc, or set SPECDET_KERNELS_LIB); "
+            "--device cpu checks the plumbing in the CPU emulation.",
             file=sys.stderr,
         )
         return 2
-    major, minor = torch.cuda.get_device_capability()
-    lib = library.load(archs=f"{major}{minor}")
-    env = environment(lib)
-    print(f"{env['device']} (sm_{major}{minor}), torch {torch.__version__}, CUDA {env['torch_cuda']}", flush=True)
-    rows = bench_ops(lib, args) + bench_models(args)
-    report = {
-        "command": " ".join([sys.executable, "-m", "specdet.benchmarks.kernels_bench", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "environment": env,
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "method_env": os.environ.get("SPECDET_KERNELS_METHOD", "auto"),
-        "rows": rows,
-    }
-    out = Path(args.out) if args.out else RESULTS / f"{datetime.date.today()}-{env['device'].replace(' ', '_')}-kernels.json"
+    command = " ".join([sys.executable, "-m", "specdet.benchmarks.kernels_bench", *(argv if argv is not None else sys.argv[1:])])
+    report = {"command": command, **run(args)}
+    device = report["environment"]["device"].split(" ")[0] if args.device.type == "cpu" else report["environment"]["device"]
+    out = Path(args.out) if args.out else RESULTS / f"{datetime.date.today()}-{device.replace(' ', '_')}-kernels.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

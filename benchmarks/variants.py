@@ -88,38 +88,80 @@ class Loaded:
 
 
 class TorchVariantRunner(Runner):
-    """A torch runner's module run another way: on a CUDA device, under autocast, compiled."""
+    """A torch runner's module run another way: on a CUDA device, under autocast, compiled, through our
+    kernels (``use_kernels``), or captured once per batch shape as a CUDA graph and replayed."""
 
     name = "torch"
 
-    def __init__(self, base: Runner, *, device: str = "cpu", autocast: Any = None, compile: bool = False):
+    def __init__(self, base: Runner, *, device: str = "cpu", autocast: Any = None, compile: bool = False,
+                 kernels: bool = False, cuda_graphs: bool = False):
         import torch
 
         super().__init__(base.artifact, base.info)
         self._torch = torch
         self._device = torch.device(device)
-        # The torch runner keeps its ScoringModule private; see the proposal to expose it.
+        # The torch runner keeps its ScoringModule private; see the consolidation issue.
         module = base._module.to(self._device)
         self._call = torch.compile(module, dynamic=False) if compile else module
         self._autocast = autocast
+        self._kernels = kernels
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # shape -> (graph, input, outputs)
+        self._cuda_graphs = cuda_graphs
+
+    def _forward(self, x):
+        torch = self._torch
+        # A graph replays the casts it captured; autocast's weight cache would hand it tensors freed after capture.
+        cast = (torch.autocast(self._device.type, dtype=self._autocast, cache_enabled=not self._cuda_graphs)
+                if self._autocast else contextlib.nullcontext())
+        if self._kernels:
+            from specdet.kernels.torch_ops import use_kernels
+
+            kernels = use_kernels()
+        else:
+            kernels = contextlib.nullcontext()
+        with torch.inference_mode(), cast, kernels:
+            return self._call(x)
+
+    def _graph(self, shape: tuple[int, ...]):
+        """The CUDA graph of one forward at ``shape``: warmed up on a side stream (cuFFT plans, workspaces), then captured."""
+        torch = self._torch
+        if shape not in self._graphs:
+            static = torch.zeros(shape, device=self._device)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._forward(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = self._forward(static)
+            self._graphs[shape] = (graph, static, outputs)
+        return self._graphs[shape]
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
-        cast = torch.autocast(self._device.type, dtype=self._autocast) if self._autocast else contextlib.nullcontext()
-        with torch.inference_mode(), cast:
-            logit, probability = self._call(torch.from_numpy(batch).to(self._device))
+        x = torch.from_numpy(batch).to(self._device)
+        if self._cuda_graphs:
+            graph, static, (logit, probability) = self._graph(tuple(x.shape))
+            static.copy_(x)
+            graph.replay()
+        else:
+            logit, probability = self._forward(x)
         return {"logit": logit.float().cpu().numpy(), "probability": probability.float().cpu().numpy()}
 
 
-def _torch(device: str = "cpu", autocast: str | None = None, compile: bool = False):
+def _torch(device: str = "cpu", autocast: str | None = None, compile: bool = False, kernels: bool = False,
+           cuda_graphs: bool = False):
     def load(artifact: Path, threads: int | None) -> Runner:
         base = create_runner(artifact, "torch", threads=threads)
-        if device == "cpu" and autocast is None and not compile:
+        if device == "cpu" and autocast is None and not (compile or kernels or cuda_graphs):
             return base
         import torch
 
         dtype = getattr(torch, autocast) if autocast else None
-        return TorchVariantRunner(base, device=device, autocast=dtype, compile=compile)
+        return TorchVariantRunner(base, device=device, autocast=dtype, compile=compile, kernels=kernels,
+                                  cuda_graphs=cuda_graphs)
 
     return load
 
@@ -134,6 +176,10 @@ def _compiler() -> str | None:
     if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         return "torch.compile (inductor) needs a C++ compiler: apt-get install g++"
     return None
+
+
+def _cuda_compiler() -> str | None:
+    return _cuda() or _compiler()
 
 
 # ---- onnxruntime --------------------------------------------------------------
@@ -216,7 +262,25 @@ for _variant in (
     Variant("torch-cuda-autocast-bf16", "torch", "cuda", "PyTorch eager on the GPU under autocast(bfloat16)",
             _torch("cuda", autocast="bfloat16"), requires=_cuda, precision="autocast-bf16"),
     Variant("torch-cuda-compile", "torch", "cuda", "torch.compile (inductor) on the GPU, FP32",
-            _torch("cuda", compile=True), requires=_cuda, precision="fp32"),
+            _torch("cuda", compile=True), requires=_cuda_compiler, precision="fp32"),
+    Variant("torch-cuda-compile-fp16", "torch", "cuda", "torch.compile (inductor) on the GPU under autocast(float16)",
+            _torch("cuda", autocast="float16", compile=True), requires=_cuda_compiler, precision="autocast-fp16"),
+    Variant("torch-cuda-kernels", "torch", "cuda", "PyTorch eager on the GPU, FP32, spectral ops in our CUDA kernels",
+            _torch("cuda", kernels=True), requires=_cuda, precision="fp32"),
+    Variant("torch-cuda-autocast-fp16-kernels", "torch", "cuda",
+            "PyTorch eager on the GPU under autocast(float16), spectral ops in our CUDA kernels",
+            _torch("cuda", autocast="float16", kernels=True), requires=_cuda, precision="autocast-fp16"),
+    Variant("torch-cuda-compile-fp16-kernels", "torch", "cuda",
+            "torch.compile on the GPU under autocast(float16), spectral ops in our CUDA kernels",
+            _torch("cuda", autocast="float16", compile=True, kernels=True), requires=_cuda_compiler,
+            precision="autocast-fp16"),
+    Variant("torch-cuda-graphs-fp16", "torch", "cuda",
+            "PyTorch eager on the GPU under autocast(float16), captured per batch shape as a CUDA graph",
+            _torch("cuda", autocast="float16", cuda_graphs=True), requires=_cuda, precision="autocast-fp16"),
+    Variant("torch-cuda-graphs-fp16-kernels", "torch", "cuda",
+            "as torch-cuda-graphs-fp16, spectral ops in our CUDA kernels",
+            _torch("cuda", autocast="float16", kernels=True, cuda_graphs=True), requires=_cuda,
+            precision="autocast-fp16"),
     Variant("onnxruntime-cpu", "onnxruntime", "cpu", "ONNX Runtime, CPU execution provider",
             _onnxruntime("CPUExecutionProvider"), requires=_onnxruntime_cpu),
     Variant("onnxruntime-cuda", "onnxruntime", "cuda", "ONNX Runtime, CUDA execution provider (CPU for nodes it lacks)",
@@ -307,11 +371,17 @@ def _describe_torch(variant: Variant, runner: Runner) -> dict[str, Any]:
     provider = "cpu"
     if variant.device == "cuda":
         provider = f"cuda ({torch.cuda.get_device_name()})"
+    fft_mode = "torch.fft"
+    if getattr(runner, "_kernels", False):
+        from specdet.kernels.torch_ops import method
+
+        fft_mode = f"specdet CUDA kernels (method {method()})"
     return {
         "library": {"torch": torch.__version__},
         "provider": provider,
         "precision": "fp32",
-        "fft_mode": "torch.fft",
+        "fft_mode": fft_mode,
+        "cuda_graphs": bool(getattr(runner, "_cuda_graphs", False)),
         "threads": torch.get_num_threads(),
     }
 
