@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from specdet.errors import SpecdetError
-from specdet.export.artifact import library_versions
+from specdet.versions import library_versions
 from specdet.manifest import read_manifest
 from specdet.runtime.preprocess import preprocess
 
@@ -31,7 +31,7 @@ from specdet.benchmarks.progress import Progress
 
 FORMAT = "specdet-bench"
 VERSION = 1
-DEFAULT_BACKENDS = "torch-fp32,onnxruntime,tensorrt"
+DEFAULT_SELECTION = "torch-fp32,onnxruntime,tensorrt"
 # The built-in default: one tiny detector, exported with the FFT lowering
 # that ONNX Runtime on the CPU runs fastest (README, "Choosing an FFT mode").
 BUILTIN_MODEL = "dual_branch_tiny"
@@ -41,7 +41,7 @@ BUILTIN_FFT = "matmul"
 @dataclasses.dataclass
 class Config:
     artifacts: list[Path]  # one model: its checkpoint and/or exported files
-    backends: str | None = None  # backends and variants, comma-separated; None: DEFAULT_BACKENDS, leniently
+    backends: str | None = None  # backends and variants, comma-separated; None: DEFAULT_SELECTION, leniently
     batch_sizes: tuple[int, ...] = (1, 8)
     images: Path | None = None  # None: the built-in photos
     max_images: int | None = None
@@ -80,7 +80,7 @@ def run(config: Config, progress: Progress | None = None) -> dict[str, Any]:
         "arguments": {
             "artifacts": [str(a) for a in config.artifacts],
             "builtin_default": config.builtin,
-            "backends": config.backends or DEFAULT_BACKENDS,
+            "backends": config.backends or DEFAULT_SELECTION,
             "batch_sizes": list(config.batch_sizes),
             "images": str(config.images) if config.images else None,
             "max_images": config.max_images,
@@ -123,7 +123,7 @@ def _plan(config: Config) -> tuple[Path, list[tuple[variants.Variant, Path]]]:
             raise SpecdetError(f"cannot tell what {artifact.name} is from its suffix: pass .pth, .onnx or .engine files")
     _check_batch_sizes(config.batch_sizes)
     checkpoint = find_reference(artifacts)
-    tokens = variants.parse_selection(config.backends or DEFAULT_BACKENDS)
+    tokens = variants.parse_selection(config.backends or DEFAULT_SELECTION)
     pairs = variants.select(tokens, checkpoint, artifacts, strict=config.backends is not None)
     for artifact in artifacts:
         if artifact != checkpoint and not any(a == artifact for _, a in pairs):

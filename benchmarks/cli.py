@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("artifacts", nargs="*", type=Path, metavar="ARTIFACT",
                    help="one model's .pth checkpoint and .onnx/.engine files (none: the built-in default)")
     p.add_argument("--backends", metavar="LIST", help="comma-separated backends (each: every variant of it that can run here) or "
-                   f"variant names (default: {bench.DEFAULT_BACKENDS}, where applicable)")
+                   f"variant names (default: {bench.DEFAULT_SELECTION}, where applicable)")
     p.add_argument("--batch-sizes", metavar="LIST", default="1,8", help="comma-separated batch sizes (default: 1,8)")
     p.add_argument("--images", type=Path, metavar="DIR", help="folder of images, labelled when laid out as 0_real/1_fake "
                    "(per source); default: scikit-image's sample photos")
@@ -78,7 +78,7 @@ def _bench(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SpecdetError(f"{err}: check --warmup, --iters and --seconds") from None
     batch_sizes = bench.parse_batch_sizes(args.batch_sizes)
-    variants.parse_selection(args.backends or bench.DEFAULT_BACKENDS)  # unknown names fail before any export
+    variants.parse_selection(args.backends or bench.DEFAULT_SELECTION)  # unknown names fail before any export
     config = bench.Config(
         artifacts=list(args.artifacts), backends=args.backends, batch_sizes=batch_sizes, images=args.images,
         max_images=args.max_images, plan=plan, threads=args.threads, command=args.command, profile=args.profile,

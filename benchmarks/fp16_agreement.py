@@ -23,22 +23,13 @@ import numpy as np
 
 from specdet import cli
 from specdet.errors import SpecdetError
-from specdet.export.artifact import IMAGE_SUFFIXES, library_versions
+from specdet.images import folder_images
+from specdet.versions import library_versions
 from specdet.runtime import Detector
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    root = Path(folder)
-    if not root.is_dir():
-        raise SpecdetError(f"image folder {root} not found")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise SpecdetError(f"no images in {root}")
-    return files
-
-
 def compare(reference: str, candidate: str, folder: str, *, batch_size: int = 8, limit: int | None = None) -> dict:
-    files = image_files(folder)
+    files = folder_images(folder)
     if limit is not None and limit < len(files):
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit)]
     ref_detector, new_detector = Detector(reference), Detector(candidate)

@@ -204,7 +204,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     from specdet.benchmarks import machine
-    from specdet.export.artifact import library_versions
+    from specdet.versions import library_versions
 
     versions = library_versions()
     for name in ("triton", "cupy", "numpy"):

@@ -52,7 +52,7 @@ class ImageSet:
 
 
 def builtin() -> ImageSet:
-    from specdet.demo import sample_photos
+    from specdet.images import sample_photos
 
     photos = sample_photos()
     return ImageSet(
@@ -64,7 +64,7 @@ def builtin() -> ImageSet:
 
 def from_folder(root: str | os.PathLike, max_images: int | None = None) -> ImageSet:
     """The images under ``root``, labelled when its layout says so; at most ``max_images``, spread over it."""
-    from specdet.runtime.cli import collect_images
+    from specdet.images import collect_images
     from specdet.train.data import discover
 
     root = Path(root)

@@ -244,7 +244,7 @@ def choose_methods(rows: list) -> dict[str, str]:
 
 
 def environment(lib: library.KernelLibrary | None, device: torch.device) -> dict:
-    from specdet.export.artifact import library_versions
+    from specdet.versions import library_versions
 
     env = {
         "device": "cpu (kernels in the emulation library)",

@@ -30,7 +30,7 @@ import numpy as np
 from specdet.errors import SpecdetError
 from specdet.manifest import read_manifest
 from specdet.runtime import Runner, create_runner
-from specdet.runtime.base import DEFAULT_BACKENDS, runner_class
+from specdet.runtime.base import BACKEND_BY_SUFFIX, runner_class
 
 from specdet.benchmarks import timing
 
@@ -49,7 +49,7 @@ class Variant:
 
     @property
     def suffixes(self) -> tuple[str, ...]:
-        return tuple(s for s, backend in DEFAULT_BACKENDS.items() if backend == self.backend)
+        return tuple(s for s, backend in BACKEND_BY_SUFFIX.items() if backend == self.backend)
 
     def runs(self, artifact: Path) -> bool:
         return artifact.suffix.lower() in self.suffixes
@@ -443,4 +443,4 @@ def _version(module: str) -> str | None:
 
 def artifact_kind(path: os.PathLike) -> str | None:
     """The backend whose runner takes ``path`` by its suffix, or None."""
-    return DEFAULT_BACKENDS.get(Path(path).suffix.lower())
+    return BACKEND_BY_SUFFIX.get(Path(path).suffix.lower())

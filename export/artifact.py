@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -22,24 +20,13 @@ from specdet.models import ScoringModule
 from specdet import checkpoint as checkpoints
 from specdet.errors import SpecdetError
 from specdet.files import file_sha256
+from specdet.images import folder_images, sample_photos
 from specdet.manifest import manifest_path, read_manifest, write_manifest
+from specdet.versions import library_versions
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "probability")
 PRECISIONS = ("fp32", "fp16")
-_VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxconverter-common", "timm", "transformers", "specdet")
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -188,26 +175,17 @@ def _progress_printer(enabled: bool):
     return lambda message: print(f"  fp16: {message}", file=sys.stderr, flush=True)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
 def calibration_batches(manifest: dict, source: str | os.PathLike | None, count: int):
     """Preprocessed calibration images in batches the artifact accepts, and a description of where they came from."""
     import numpy as np
     from specdet.runtime.preprocess import preprocess
 
     if source is None:
-        from specdet.demo import sample_photos
-
         images = [array for _, array in sample_photos()]
         description = "scikit-image sample photos"
     else:
         root = Path(source)
-        if not root.is_dir():
-            raise SpecdetError(f"calibration folder {root} not found")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise SpecdetError(f"no images in calibration folder {root}")
+        files = folder_images(root)
         if count < len(files):  # spread over the folder: every source and class, not the first few
             files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count)]
         images = files

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from specdet import cli
-from specdet.export.engine import BACKENDS, build_engine, parse_batch
+from specdet.export.engine import ENGINE_LIBRARIES, build_engine, parse_batch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("onnx", help="an .onnx file with its manifest (model.json), from detect-export")
     parser.add_argument("-o", "--output", help="engine to write (default: the ONNX file's name with .engine)")
-    parser.add_argument("--backend", choices=list(BACKENDS),
+    parser.add_argument("--backend", choices=list(ENGINE_LIBRARIES),
                         help="library to build with (default: the first installed of tensorrt, tensorrt-rtx)")
     parser.add_argument("--batch", metavar="MIN:OPT:MAX",
                         help="optimisation profile of the batch axis (default: the manifest's range, OPT 8)")

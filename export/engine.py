@@ -12,7 +12,7 @@ gives it, so an FP16 engine comes from an FP16 file (``detect-export
 --precision fp16``), never from a builder flag. The optimisation profile
 covers the manifest's batch range; the timing cache is read and written back
 when given (TensorRT only: TensorRT-RTX tunes at run time); plugin libraries are loaded and the fallback bodies of the ops
-they provide stripped (:mod:`specdet.export.trt_plugins`). The engine's
+they provide stripped (:mod:`specdet.tensorrt`). The engine's
 manifest (``model.engine.json``) copies what the runtime needs from the ONNX
 manifest and records the library, its version, the target compute
 capabilities, precision, profile and plugins.
@@ -29,14 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from specdet.export import trt_plugins
+from specdet import tensorrt as trt_plugins
 
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, file_sha256
 from specdet.manifest import manifest_path, read_manifest, write_manifest
 
 # --backend name -> Python module; the first installed one is the default.
-BACKENDS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+ENGINE_LIBRARIES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 LIBRARY_NAMES = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX"}
 # Batch the profile is tuned for when --batch gives no OPT: detect-predict's default batch size.
 DEFAULT_OPT_BATCH = 8
@@ -50,7 +50,7 @@ _MEMORY_WORDS = re.compile(r"workspace|out of memory|insufficient memory|memory 
 
 
 @dataclasses.dataclass
-class BuildResult:
+class EngineBuild:
     path: Path
     backend: str
     library_version: str
@@ -69,19 +69,19 @@ class BuildResult:
 
 def load_backend(backend: str | None = None) -> tuple[str, ModuleType]:
     """``(name, module)`` of ``backend``, or of the first installed one."""
-    if backend is not None and backend not in BACKENDS:
-        raise SpecdetError(f"unknown engine backend {backend!r}: choose {' or '.join(BACKENDS)}")
-    for name in [backend] if backend else list(BACKENDS):
+    if backend is not None and backend not in ENGINE_LIBRARIES:
+        raise SpecdetError(f"unknown engine backend {backend!r}: choose {' or '.join(ENGINE_LIBRARIES)}")
+    for name in [backend] if backend else list(ENGINE_LIBRARIES):
         try:
-            return name, importlib.import_module(BACKENDS[name])
+            return name, importlib.import_module(ENGINE_LIBRARIES[name])
         except ImportError:
             if backend:
                 extra = "rtx" if name == "tensorrt-rtx" else "tensorrt"
                 raise SpecdetError(
-                    f"--backend {name} needs the {BACKENDS[name]} Python package: pip install 'specdet[{extra}]'"
+                    f"--backend {name} needs the {ENGINE_LIBRARIES[name]} Python package: pip install 'specdet[{extra}]'"
                 ) from None
         except Exception as err:  # an installed package whose libraries do not load
-            raise SpecdetError(f"{BACKENDS[name]} is installed but does not import: {err}") from err
+            raise SpecdetError(f"{ENGINE_LIBRARIES[name]} is installed but does not import: {err}") from err
     raise SpecdetError("no TensorRT Python package: pip install 'specdet[rtx]' (TensorRT-RTX, builds on the CPU) "
                        "or 'specdet[tensorrt]' on a machine with an NVIDIA GPU")
 
@@ -241,7 +241,7 @@ def build_engine(
     workspace_mb: int | None = None,
     compute_capabilities: Sequence[str] | None = None,
     verbose: bool = False,
-) -> BuildResult:
+) -> EngineBuild:
     """Build ``onnx_path`` (an exported ``.onnx`` with its manifest) into ``output`` (default: ``.engine`` beside it)."""
     start = time.perf_counter()
     source = Path(onnx_path)
@@ -372,7 +372,7 @@ def build_engine(
         output.unlink(missing_ok=True)
         manifest_path(output).unlink(missing_ok=True)
         raise
-    return BuildResult(
+    return EngineBuild(
         path=output, backend=backend, library_version=trt.__version__, precision=precision,
         profile=engine_section["profile"], compute_capabilities=capabilities, plugins=plugin_records,
         inputs=inputs, outputs=outputs, seconds=seconds,

@@ -21,17 +21,17 @@ import torch
 from onnx import helper, numpy_helper
 
 from specdet.errors import SpecdetError
+from specdet.tensorrt import PLUGIN_DOMAIN
 from specdet.export.lowering import ComplexLowering
 from specdet.export.quiet import quiet_exporter
 from specdet.models import spectral
 
-DOMAIN = "specdet"
 DOMAIN_VERSION = 1
-_opset = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
+_opset = onnxscript.values.Opset(PLUGIN_DOMAIN, DOMAIN_VERSION)
 
 
 @dataclasses.dataclass(frozen=True)
-class PluginOp:
+class SpectralOp:
     """One spectral op: its ONNX node name and how to build its reference body."""
 
     onnx_name: str
@@ -44,7 +44,7 @@ def _schema(name: str, doc: str, attributes: list[tuple[str, int]]) -> onnx.defs
     """The op's ONNX signature: one float tensor in, one out, typed attributes."""
     tensor = onnx.defs.OpSchema.FormalParameter
     return onnx.defs.OpSchema(
-        name, DOMAIN, DOMAIN_VERSION, doc=doc,
+        name, PLUGIN_DOMAIN, DOMAIN_VERSION, doc=doc,
         inputs=[tensor("x", "T")], outputs=[tensor("y", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float tensors")],
         attributes=[onnx.defs.OpSchema.Attribute(n, t, required=True) for n, t in attributes],
@@ -87,8 +87,8 @@ class _SpectrumMagnitudeMean(torch.nn.Module):
 
 
 PLUGIN_OPS = (
-    PluginOp("BandSplit", torch.ops.specdet.band_split.default, _band_split_translation, _BandSplit),
-    PluginOp(
+    SpectralOp("BandSplit", torch.ops.specdet.band_split.default, _band_split_translation, _BandSplit),
+    SpectralOp(
         "SpectrumMagnitudeMean",
         torch.ops.specdet.spectrum_magnitude_mean.default,
         _spectrum_magnitude_mean_translation,
@@ -128,7 +128,7 @@ def _input_shape(model: onnx.ModelProto, name: str) -> list[int]:
     raise SpecdetError(f"cannot find the shape of {name!r}, the input of a specdet plugin node")
 
 
-def _function_body(op: PluginOp, node: onnx.NodeProto, shape: list[int], opset: int) -> onnx.FunctionProto:
+def _function_body(op: SpectralOp, node: onnx.NodeProto, shape: list[int], opset: int) -> onnx.FunctionProto:
     """Export the op's matmul lowering at ``shape`` and wrap the graph as a local function."""
     if any(d <= 0 for d in shape[1:]):
         raise SpecdetError(f"specdet.{op.onnx_name} needs static channel and spatial sizes, got {shape}")
@@ -149,7 +149,7 @@ def _function_body(op: PluginOp, node: onnx.NodeProto, shape: list[int], opset: 
         for init in graph.initializer
     ]
     return helper.make_function(
-        DOMAIN, op.onnx_name, inputs=["x"], outputs=["y"], nodes=[*constants, *graph.node],
+        PLUGIN_DOMAIN, op.onnx_name, inputs=["x"], outputs=["y"], nodes=[*constants, *graph.node],
         opset_imports=[helper.make_opsetid("", opset)], attributes=list(attrs),
     )
 
@@ -165,7 +165,7 @@ def attach_function_bodies(model: onnx.ModelProto, opset: int) -> onnx.ModelProt
     by_name = {op.onnx_name: op for op in PLUGIN_OPS}
     seen: dict[str, tuple] = {}
     for node in model.graph.node:
-        if node.domain != DOMAIN:
+        if node.domain != PLUGIN_DOMAIN:
             continue
         if node.op_type not in by_name:
             raise SpecdetError(f"unknown specdet op {node.op_type!r} in the exported graph")
@@ -177,6 +177,6 @@ def attach_function_bodies(model: onnx.ModelProto, opset: int) -> onnx.ModelProt
             continue
         seen[node.op_type] = key
         model.functions.append(_function_body(by_name[node.op_type], node, shape, opset))
-    if not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, DOMAIN_VERSION))
     return model

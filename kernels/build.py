@@ -37,7 +37,7 @@ class KernelBuildError(SpecdetError):
 
 
 @dataclasses.dataclass
-class BuildResult:
+class KernelBuild:
     build_dir: Path
     kernels: Path | None  # libspecdet_kernels.so (CUDA)
     plugins: Path | None  # libspecdet_trt_plugins.so (only with TensorRT headers)
@@ -129,7 +129,7 @@ def build(
     tensorrt_root: str | os.PathLike | None = None,
     jobs: int = 2,
     verbose: bool = False,
-) -> BuildResult:
+) -> KernelBuild:
     """Configure and build; returns the paths of what was built. Raises :class:`KernelBuildError`."""
     if shutil.which("cmake") is None:
         raise KernelBuildError("cmake not found on PATH: install CMake 3.24 or newer")
@@ -175,7 +175,7 @@ def build(
         path = build_dir / name
         return path if path.is_file() else None
 
-    return BuildResult(
+    return KernelBuild(
         build_dir=build_dir,
         kernels=built(LIBRARIES["kernels"]) if cuda else None,
         plugins=built(LIBRARIES["plugins"]) if cuda else None,

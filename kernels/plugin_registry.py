@@ -2,7 +2,7 @@
 
 The build-time flow (load a plugin library, strip the local-function
 fallbacks of the specdet ops it provides, check that every specdet node has
-a body or a plugin) is :mod:`specdet.export.trt_plugins`, which
+a body or a plugin) is :mod:`specdet.tensorrt`, which
 ``detect-build --plugins LIB`` uses. This module adds what shows that flow on
 a machine without a GPU or without the C++ plugin library:
 
@@ -34,18 +34,18 @@ import numpy as np
 import onnx
 
 from specdet.errors import SpecdetError
-from specdet.export import trt_plugins
+from specdet import tensorrt as trt_plugins
+from specdet.tensorrt import PLUGIN_DOMAIN
 
-PLUGIN_NAMESPACE = "specdet"
 PLUGIN_VERSION = "1"  # = the ONNX domain version
 OPS = ("BandSplit", "SpectrumMagnitudeMean")
 
 
-def registered_specdet_ops(registry) -> list[trt_plugins.PluginOp]:
+def registered_specdet_ops(registry) -> list[trt_plugins.PluginCreator]:
     """The creators of specdet ops (namespace ``specdet``, version ``1``) in a TensorRT plugin registry."""
     return sorted(
-        (trt_plugins.PluginOp(c.name, str(c.plugin_version), c.plugin_namespace) for c in registry.all_creators
-         if c.plugin_namespace == PLUGIN_NAMESPACE and str(c.plugin_version) == PLUGIN_VERSION and c.name in OPS),
+        (trt_plugins.PluginCreator(c.name, str(c.plugin_version), c.plugin_namespace) for c in registry.all_creators
+         if c.plugin_namespace == PLUGIN_DOMAIN and str(c.plugin_version) == PLUGIN_VERSION and c.name in OPS),
         key=lambda op: op.name,
     )
 
@@ -77,7 +77,7 @@ def python_creators(trt) -> list:
             trt.IPluginV3OneBuild.__init__(self)
             trt.IPluginV3OneRuntime.__init__(self)
             self.plugin_name = name
-            self.plugin_namespace = PLUGIN_NAMESPACE
+            self.plugin_namespace = PLUGIN_DOMAIN
             self.plugin_version = PLUGIN_VERSION
             self.num_outputs = 1
 
@@ -155,7 +155,7 @@ def python_creators(trt) -> list:
         def __init__(self, name: str, fields: list):
             trt.IPluginCreatorV3One.__init__(self)
             self.name = name
-            self.plugin_namespace = PLUGIN_NAMESPACE
+            self.plugin_namespace = PLUGIN_DOMAIN
             self.plugin_version = PLUGIN_VERSION
             self.field_names = trt.PluginFieldCollection(fields)
             self.created: list = []  # what the parser asked for, for inspection
@@ -198,7 +198,7 @@ def register_python_creators(trt) -> list:
         return creators
     for creator in python_creators(trt):
         creator._trt = trt
-        if not registry.register_creator(creator, PLUGIN_NAMESPACE):
+        if not registry.register_creator(creator, PLUGIN_DOMAIN):
             raise SpecdetError(f"could not register the Python creator of {creator.name}: one is registered already")
         _REGISTERED.append(creator)
         creators.append(creator)

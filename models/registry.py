@@ -30,7 +30,7 @@ CLIP_STATS = {
 
 
 @dataclass(frozen=True)
-class Variant:
+class RegistryEntry:
     model: type[nn.Module]  # built as model(config)
     config: Any  # the default config dataclass
     stats: dict  # mean, std and interpolation of the backbone's pretrained weights
@@ -51,11 +51,11 @@ _TINY_CLIP = dict(
     gate_hidden=64,
 )
 
-_VARIANTS: dict[str, Variant] = {
-    "dual_branch_vit_b16": Variant(DualBranch, DualBranchConfig(), VIT_STATS),
-    "dual_branch_tiny": Variant(DualBranch, DualBranchConfig(**_TINY_VIT), VIT_STATS),
-    "rine_ssca_clip_l14": Variant(RineSSCA, RineSSCAConfig(), CLIP_STATS),
-    "rine_ssca_tiny": Variant(RineSSCA, RineSSCAConfig(**_TINY_CLIP), CLIP_STATS),
+_VARIANTS: dict[str, RegistryEntry] = {
+    "dual_branch_vit_b16": RegistryEntry(DualBranch, DualBranchConfig(), VIT_STATS),
+    "dual_branch_tiny": RegistryEntry(DualBranch, DualBranchConfig(**_TINY_VIT), VIT_STATS),
+    "rine_ssca_clip_l14": RegistryEntry(RineSSCA, RineSSCAConfig(), CLIP_STATS),
+    "rine_ssca_tiny": RegistryEntry(RineSSCA, RineSSCAConfig(**_TINY_CLIP), CLIP_STATS),
 }
 
 
@@ -97,7 +97,7 @@ def default_preprocessing(name: str, **overrides) -> dict:
     }
 
 
-def _variant(name: str) -> Variant:
+def _variant(name: str) -> RegistryEntry:
     if name not in _VARIANTS:
         raise SpecdetError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     return _VARIANTS[name]

@@ -31,7 +31,7 @@ BACKENDS = {
 }
 
 # Artifact suffix -> backend used when none is named.
-DEFAULT_BACKENDS = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+BACKEND_BY_SUFFIX = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +120,12 @@ def runner_class(backend: str) -> type[Runner]:
 
 def default_backend(artifact: str | os.PathLike) -> str:
     suffix = Path(artifact).suffix.lower()
-    if suffix not in DEFAULT_BACKENDS:
+    if suffix not in BACKEND_BY_SUFFIX:
         raise SpecdetError(
             f"cannot tell the backend of {Path(artifact).name} from its suffix: "
             f"pass --backend ({', '.join(BACKENDS)})"
         )
-    return DEFAULT_BACKENDS[suffix]
+    return BACKEND_BY_SUFFIX[suffix]
 
 
 def create_runner(

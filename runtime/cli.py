@@ -14,10 +14,10 @@ from tqdm import tqdm
 
 from specdet.cli import add_debug_flag, run
 from specdet.errors import SpecdetError
+from specdet.images import IMAGE_SUFFIXES, collect_images
 from specdet.runtime.base import BACKENDS
 from specdet.runtime.detector import Detector, Result
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 # Exit status when some files were skipped (unreadable or missing) and the rest scored.
 EXIT_SKIPPED = 1
@@ -69,21 +69,6 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"skipped {result.path}: {result.error}", file=sys.stderr)
     _write(scored, "json" if args.json else "csv" if args.csv else "table")
     return EXIT_SKIPPED if len(scored) < len(results) else 0
-
-
-def collect_images(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, folders expanded to the images under them (sorted).
-
-    A path that does not exist is kept, so that scoring reports it as skipped.
-    """
-    files = []
-    for path in paths:
-        if path.is_dir():
-            found = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            files.extend(sorted(found, key=str))
-        else:
-            files.append(path)
-    return files
 
 
 def _write(results: list[Result], form: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from specdet.errors import SpecdetError
-from specdet.export import trt_plugins
+from specdet import tensorrt as trt_plugins
 from specdet.manifest import read_manifest
 from specdet.runtime.base import OUTPUT_NAMES, ArtifactInfo, Runner, require_file
 

@@ -19,28 +19,13 @@ import numpy as np
 import torch
 
 from specdet import checkpoint, cli
-from specdet.errors import SpecdetError
 from specdet.export.artifact import export_checkpoint
+from specdet.images import SAMPLE_PHOTOS, sample_photos
 from specdet.export.onnx import FFT_MODES
 from specdet.models import create_model
 from specdet.runtime import Detector
 
 DEMO_MODELS = ("dual_branch_tiny", "rine_ssca_tiny")
-# scikit-image's bundled photos (no download): colour, grayscale and one RGBA.
-SAMPLE_PHOTOS = (
-    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
-    "colorwheel", "camera", "coins", "moon", "brick", "grass", "gravel", "page", "logo",
-)
-
-
-def sample_photos() -> list[tuple[str, np.ndarray]]:
-    try:
-        from skimage import data
-    except ImportError as err:
-        raise SpecdetError("the demo scores scikit-image's sample photos: pip install 'specdet[demo]'") from err
-    return [(name, getattr(data, name)()) for name in SAMPLE_PHOTOS]
-
-
 def _score(detector: Detector, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     probabilities = detector.predict(images, batch_size=8)

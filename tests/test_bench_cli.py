@@ -123,7 +123,7 @@ def test_no_arguments_runs_the_builtin_default(tiny_checkpoint, tiny_onnx, tmp_p
         return [tiny_checkpoint, tiny_onnx]
 
     monkeypatch.setattr(bench, "builtin_artifacts", builtin)
-    monkeypatch.setattr(bench, "DEFAULT_BACKENDS", "torch-fp32,onnxruntime")
+    monkeypatch.setattr(bench, "DEFAULT_SELECTION", "torch-fp32,onnxruntime")
     monkeypatch.chdir(tmp_path)
     code, out, err = _run(["--batch-sizes", "1", "--warmup", "0", "--seconds", "0.01", "--quiet"], capsys)
     assert code == 0, err

@@ -18,7 +18,8 @@ from onnx import helper
 
 import tiny_exports
 from specdet.errors import SpecdetError
-from specdet.export import build_cli, engine, trt_plugins
+from specdet import tensorrt as trt_plugins
+from specdet.export import build_cli, engine
 from specdet.manifest import manifest_path, read_manifest, write_manifest
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'specdet[rtx]')")
@@ -140,8 +141,8 @@ def _copy_with_manifest(source: Path, target: Path, model: onnx.ModelProto | Non
 def test_strip_plugin_fallbacks():
     model = onnx.load(str(tiny_exports.exported("dual_branch_tiny", "plugin")))
     assert [f.name for f in model.functions] == ["BandSplit"]
-    op = trt_plugins.PluginOp("BandSplit", "2", "specdet")
-    assert trt_plugins.strip_plugin_fallbacks(model, [op, trt_plugins.PluginOp("Other", "1", "")]) == ["BandSplit"]
+    op = trt_plugins.PluginCreator("BandSplit", "2", "specdet")
+    assert trt_plugins.strip_plugin_fallbacks(model, [op, trt_plugins.PluginCreator("Other", "1", "")]) == ["BandSplit"]
     assert list(model.functions) == []
     (node,) = trt_plugins.plugin_nodes(model)
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -263,7 +264,7 @@ def test_engine_scores_like_onnxruntime(precision, tolerance, cuda_graphs):
     from specdet.runtime.preprocess import preprocess
     from specdet.runtime.tensorrt_runner import TensorRTRunner
 
-    from specdet.demo import sample_photos
+    from specdet.images import sample_photos
 
     onnx_file = tiny_exports.exported("dual_branch_tiny", "matmul", precision)
     reference = create_runner(onnx_file)

@@ -49,7 +49,7 @@ def emulation(tmp_path_factory) -> library.KernelLibrary:
 
 
 @pytest.fixture(scope="module")
-def cuda_build(tmp_path_factory) -> kbuild.BuildResult:
+def cuda_build(tmp_path_factory) -> kbuild.KernelBuild:
     _need("cmake")
     if kbuild.find_nvcc() is None:
         pytest.skip("nvcc not found: the CUDA build is checked where the CUDA toolkit is installed (CI)")

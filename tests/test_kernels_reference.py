@@ -69,7 +69,7 @@ def test_reference_takes_float16_exactly_and_rejects_bad_input():
 def test_contract_describes_the_onnx_node_and_the_plugin(op):
     c = contract.contract(op)
     assert c["op"] == op
-    assert c["onnx"] == {**c["onnx"], "domain": plugin_ops.DOMAIN, "version": plugin_ops.DOMAIN_VERSION, "op_type": op}
+    assert c["onnx"] == {**c["onnx"], "domain": plugin_ops.PLUGIN_DOMAIN, "version": plugin_ops.DOMAIN_VERSION, "op_type": op}
     assert c["tensorrt_plugin"]["name"] == op
     assert c["tensorrt_plugin"]["namespace"] == "specdet" and c["tensorrt_plugin"]["version"] == "1"
     assert op in {p.onnx_name for p in plugin_ops.PLUGIN_OPS}

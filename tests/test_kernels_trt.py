@@ -3,7 +3,7 @@
 ``detect-export --fft plugin`` writes specdet-domain nodes with local-function
 fallbacks. With a creator of each op registered (the Python stand-ins of
 specdet.kernels.plugin_registry, whose build-time methods need no GPU) and the
-fallbacks stripped (specdet.export.trt_plugins, as detect-build does), TensorRT-RTX's parser makes each node a PLUGIN_V3 layer of
+fallbacks stripped (specdet.tensorrt, as detect-build does), TensorRT-RTX's parser makes each node a PLUGIN_V3 layer of
 our name, namespace, fields and output shape, and the engine builds (ahead of
 time, no GPU); without creators and without stripping, the fallback body
 parses and builds. Each check runs in a child process: TensorRT-RTX's parser

@@ -36,7 +36,7 @@ def _float_weight_bytes(model: onnx.ModelProto) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def photos():
-    from specdet.demo import sample_photos
+    from specdet.images import sample_photos
 
     return [array for _, array in sample_photos()]
 

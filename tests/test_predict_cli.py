@@ -11,7 +11,8 @@ import torch
 
 from conftest import TinyConfig, TinyDetector
 from specdet.errors import SpecdetError
-from specdet.runtime.cli import collect_images, main
+from specdet.images import collect_images
+from specdet.runtime.cli import main
 
 GOOD = 9  # images under image_dir/good (notes.txt is not one)
 

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from specdet.errors import SpecdetError
-from specdet.runtime.cli import collect_images
+from specdet.images import collect_images
 from specdet.runtime.preprocess import ImageError, load_image, preprocess
 from specdet.train.augment import Augment
 

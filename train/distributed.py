@@ -12,6 +12,8 @@ GPU processes and gloo CPU ones (the CPU tests use gloo, two processes).
 
 from __future__ import annotations
 
+import datetime
+
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +75,13 @@ def env_rank() -> int:
 def teardown(world: World) -> None:
     torch.set_num_threads(world.threads_before)
     if world.grouped and torch_dist.is_initialized():
+        # Leave together: a rank that destroys its group while another still talks to it
+        # aborts that one in gloo ("terminate called without an active exception"). Bounded,
+        # so a rank that died does not keep the others waiting.
+        try:
+            torch_dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+        except RuntimeError:
+            pass
         torch_dist.destroy_process_group()
 
 

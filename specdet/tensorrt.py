@@ -1,4 +1,5 @@
-"""Our TensorRT plugin library at build time: load it, see which ``specdet`` ops it provides, strip their fallbacks.
+"""TensorRT plugin libraries for the builder, the runtime and the kernels: load them, see which ``specdet`` ops
+they provide, strip those ops' ONNX fallbacks before parsing.
 
 A ``--fft plugin`` ONNX file carries each ``specdet`` op twice: as a node that
 our TensorRT plugin implements, and as an ONNX local function (the ``matmul``
@@ -25,17 +26,18 @@ from onnx import helper
 
 from specdet.errors import SpecdetError
 
-DOMAIN = "specdet"
+# The ONNX domain of our custom ops and the namespace of their TensorRT plugins: one name for both.
+PLUGIN_DOMAIN = "specdet"
 
 
 @dataclasses.dataclass(frozen=True)
-class PluginOp:
+class PluginCreator:
     name: str
     version: str
     namespace: str
 
 
-def load_plugin_libraries(trt: ModuleType, paths: Iterable[str | os.PathLike]) -> dict[str, list[PluginOp]]:
+def load_plugin_libraries(trt: ModuleType, paths: Iterable[str | os.PathLike]) -> dict[str, list[PluginCreator]]:
     """Load each shared library; returns, per path, the plugin creators it registered.
 
     Libraries register their creators when loaded (static registration) or
@@ -43,7 +45,7 @@ def load_plugin_libraries(trt: ModuleType, paths: Iterable[str | os.PathLike]) -
     are tried.
     """
     registry = trt.get_plugin_registry()
-    loaded: dict[str, list[PluginOp]] = {}
+    loaded: dict[str, list[PluginCreator]] = {}
     for path in paths:
         path = Path(path)
         if not path.is_file():
@@ -69,15 +71,15 @@ def load_plugin_libraries(trt: ModuleType, paths: Iterable[str | os.PathLike]) -
     return loaded
 
 
-def _creators(registry) -> set[PluginOp]:
-    return {PluginOp(c.name, str(c.plugin_version), c.plugin_namespace) for c in registry.all_creators}
+def _creators(registry) -> set[PluginCreator]:
+    return {PluginCreator(c.name, str(c.plugin_version), c.plugin_namespace) for c in registry.all_creators}
 
 
 def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [node for node in model.graph.node if node.domain == DOMAIN]
+    return [node for node in model.graph.node if node.domain == PLUGIN_DOMAIN]
 
 
-def strip_plugin_fallbacks(model: onnx.ModelProto, provided_ops: Iterable[PluginOp | str]) -> list[str]:
+def strip_plugin_fallbacks(model: onnx.ModelProto, provided_ops: Iterable[PluginCreator | str]) -> list[str]:
     """Remove the local-function bodies of the ``specdet`` ops in ``provided_ops``; returns the ops stripped.
 
     Nodes of a stripped op get ``plugin_version``/``plugin_namespace``
@@ -86,11 +88,11 @@ def strip_plugin_fallbacks(model: onnx.ModelProto, provided_ops: Iterable[Plugin
     """
     provided = {}
     for op in provided_ops:
-        op = op if isinstance(op, PluginOp) else PluginOp(op, "1", "")
+        op = op if isinstance(op, PluginCreator) else PluginCreator(op, "1", "")
         provided.setdefault(op.name, op)
     used = {node.op_type for node in plugin_nodes(model)}
     stripped = sorted(used & set(provided))
-    for function in [f for f in model.functions if f.domain == DOMAIN and f.name in stripped]:
+    for function in [f for f in model.functions if f.domain == PLUGIN_DOMAIN and f.name in stripped]:
         model.functions.remove(function)
     for node in plugin_nodes(model):
         op = provided.get(node.op_type)
@@ -106,12 +108,12 @@ def strip_plugin_fallbacks(model: onnx.ModelProto, provided_ops: Iterable[Plugin
 
 def check_plugin_ops(model: onnx.ModelProto, provided: Iterable[str], source: str) -> None:
     """Raise if a ``specdet`` node has neither a function body nor a loaded plugin."""
-    bodies = {f.name for f in model.functions if f.domain == DOMAIN}
+    bodies = {f.name for f in model.functions if f.domain == PLUGIN_DOMAIN}
     provided = set(provided)
     missing = sorted({n.op_type for n in plugin_nodes(model)} - bodies - provided)
     if missing:
         raise SpecdetError(
-            f"{source} uses the plugin op(s) {', '.join(DOMAIN + '.' + m for m in missing)} without a fallback body, "
+            f"{source} uses the plugin op(s) {', '.join(PLUGIN_DOMAIN + '.' + m for m in missing)} without a fallback body, "
             "and no loaded plugin library provides them: pass --plugins LIB (our kernels' plugin library), or "
             "re-export with --fft plugin (which carries fallback bodies) or --fft matmul"
         )

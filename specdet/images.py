@@ -1,0 +1,57 @@
+"""Where images come from: files and folders on disk, and the sample photos that ship with scikit-image.
+
+Shared by scoring (``detect-predict``), training data, FP16 calibration and
+the benchmarks, so that every stage finds the same images in a folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from specdet.errors import SpecdetError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+# scikit-image's bundled photos (no download): colour, grayscale and one RGBA.
+SAMPLE_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+    "colorwheel", "camera", "coins", "moon", "brick", "grass", "gravel", "page", "logo",
+)
+
+
+def collect_images(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, folders expanded to the images under them (sorted).
+
+    A path that does not exist is kept, so that scoring reports it as skipped.
+    """
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend(sorted(found, key=str))
+        else:
+            files.append(path)
+    return files
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    """The images under ``folder`` (sorted); an error if it is not a folder or holds none."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise SpecdetError(f"image folder {root} not found: give a folder of images")
+    files = collect_images([root])
+    if not files:
+        raise SpecdetError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def sample_photos() -> list[tuple[str, np.ndarray]]:
+    """scikit-image's sample photos as ``(name, array)``: the built-in default of the demo, calibration and benchmarks."""
+    try:
+        from skimage import data
+    except ImportError as err:
+        raise SpecdetError("the built-in photos come from scikit-image: pip install 'specdet[demo]'") from err
+    return [(name, getattr(data, name)()) for name in SAMPLE_PHOTOS]

@@ -1,0 +1,19 @@
+"""The versions of the libraries an artifact or a measurement depends on, for manifests and reports."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+_VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxconverter-common", "timm", "transformers", "specdet")
+
+
+def library_versions() -> dict[str, str]:
+    """Python's version and each installed library's (those not installed are left out)."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
