@@ -126,10 +126,24 @@ def run(names: list[str], out: Path, budget_s: float, dry_run: bool, command: st
 
 
 def _run_step(name: str, work: Path, dry_run: bool, limit_s: float, log) -> dict[str, Any]:
-    """The step in a child process of its own, its output streamed here and into the log; killed at ``limit_s``."""
+    """The step in a child process of its own (``--step NAME``), which saves its result as ``work/NAME.json``."""
     command = [sys.executable, "-m", "specdet.benchmarks.gpu_suite", "--out", str(work), "--step", name, "--work", str(work)]
     command += ["--dry-run"] if dry_run else []
     log.write(f"==== {name} ====\n")
+    entry = run_child(command, work / f"{name.replace(':', '_')}.json", limit_s, log)
+    failed_tests = name == "kernel_tests" and entry["status"] == "ok" and (
+        entry["result"].get("failed") or entry["result"].get("pytest_exit"))
+    if failed_tests:
+        result = entry["result"]
+        entry.update(status="failed", reason=f"{result.get('failed')} kernel tests failed (pytest exit {result.get('pytest_exit')})")
+    return entry
+
+
+def run_child(command: list[str], saved: Path, limit_s: float, log) -> dict[str, Any]:
+    """Run ``command``, its output streamed here and into ``log``; killed with its children at ``limit_s``.
+
+    Its result is the JSON it saved at ``saved``: ``{"result": ...}`` or ``{"error": ..., "traceback": ...}``.
+    """
     started = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                              start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -138,9 +152,9 @@ def _run_step(name: str, work: Path, dry_run: bool, limit_s: float, log) -> dict
     def pump() -> None:
         for line in child.stdout:
             sys.stdout.write(line)
+            sys.stdout.flush()  # live progress on the GPU machine, whose output is read as it comes
             log.write(line)
             tail.append(line)
-        sys.stdout.flush()
         log.flush()
 
     reader = threading.Thread(target=pump, daemon=True)
@@ -153,7 +167,6 @@ def _run_step(name: str, work: Path, dry_run: bool, limit_s: float, log) -> dict
         status = None
     reader.join(timeout=10)
     seconds = round(time.monotonic() - started, 1)
-    saved = work / f"{name.replace(':', '_')}.json"
     if status is None:
         return {"status": "timed_out", "seconds": seconds, "reason": f"killed at its limit of {limit_s:.0f} s",
                 "output_tail": "".join(tail)[-3000:]}
@@ -163,13 +176,7 @@ def _run_step(name: str, work: Path, dry_run: bool, limit_s: float, log) -> dict
     body = json.loads(saved.read_text())
     if "error" in body:
         return {"status": "failed", "seconds": seconds, "reason": body["error"], "output_tail": body.get("traceback", "")[-3000:]}
-    result = body["result"]
-    failed_tests = name == "kernel_tests" and (result.get("failed") or result.get("pytest_exit"))
-    status_text = "failed" if failed_tests else "ok"
-    entry = {"status": status_text, "seconds": seconds, "result": result}
-    if failed_tests:
-        entry["reason"] = f"{result.get('failed')} kernel tests failed (pytest exit {result.get('pytest_exit')})"
-    return entry
+    return {"status": "ok", "seconds": seconds, "result": body["result"]}
 
 
 def _child(name: str, ctx: gpu_steps.Context) -> int:
