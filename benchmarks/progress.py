@@ -11,12 +11,14 @@ import time
 
 from tqdm import tqdm
 
+from specdet.progress import on_terminal
+
 
 class Progress:
     def __init__(self, enabled: bool = True, stream=None):
         self._stream = stream or sys.stderr
         self._enabled = enabled
-        self._tty = enabled and hasattr(self._stream, "isatty") and self._stream.isatty()
+        self._tty = enabled and on_terminal(self._stream)
         self._bar: tqdm | None = None
         self._start = time.monotonic()
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from tqdm import tqdm
 
+from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.export import plugin_ops
 from specdet.export.lowering import ComplexLowering
@@ -151,7 +151,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     start = time.perf_counter()
-    steps = tqdm(total=3, desc=f"export ({fft})", unit="step", disable=not progress, leave=False)
+    steps = progress_bar(enabled=progress, total=3, desc=f"export ({fft})", unit="step", leave=False)
     try:
         steps.set_postfix_str("tracing")
         _trace(model, tmp, trace_example, fft, opset, input_name, output_names, max_batch)

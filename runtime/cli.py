@@ -10,9 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 from specdet.cli import add_debug_flag, run
+from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.images import IMAGE_SUFFIXES, collect_images
 from specdet.runtime.base import BACKENDS
@@ -61,7 +60,7 @@ def _predict(args: argparse.Namespace) -> int:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise SpecdetError(f"no images found in {shown}: give image files or folders holding {suffixes}")
     detector = Detector(args.artifact, args.backend, arch=args.arch, threads=args.threads)
-    with tqdm(total=len(files), unit="image", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+    with progress_bar(total=len(files), unit="image") as bar:
         results = detector.predict_files(files, args.batch_size, progress=bar.update)
     scored = [r for r in results if r.ok]
     for result in results:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from specdet import checkpoint
+from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.models import create_model, default_preprocessing
 from specdet.train import distributed, schedule
@@ -188,9 +188,9 @@ class _Trainer:
         self.loader.sampler.sampler.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.float64))
         images, skipped = 0, []
-        bar = tqdm(
-            total=len(self.loader), desc=f"epoch {epoch + 1}/{config.epochs} [{stage}]", unit="batch",
-            file=sys.stderr, leave=False, disable=not (world.is_main and sys.stderr.isatty()),
+        bar = progress_bar(
+            enabled=world.is_main, total=len(self.loader), desc=f"epoch {epoch + 1}/{config.epochs} [{stage}]",
+            unit="batch", leave=False,
         )
         started = time.perf_counter()
         for step, batch in enumerate(self.loader):

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from specdet import cli
+from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 
 # Bundled photographs (no download); validation ones are never used for training.
@@ -145,7 +145,7 @@ def make_demo_data(
     torch.set_num_threads(1)
     try:
         for split_index, (split, names, crops) in enumerate(splits):
-            for i in tqdm(range(crops), desc=split, unit="crop", file=sys.stderr, disable=not progress):
+            for i in progress_bar(enabled=progress, iterable=range(crops), desc=split, unit="crop"):
                 # Consecutive crops take the generators in turn from the same photograph.
                 photo = names[(i // len(GENERATORS)) % len(names)]
                 fake_name = tuple(GENERATORS)[i % len(GENERATORS)]
