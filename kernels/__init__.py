@@ -6,7 +6,8 @@ ONNX node (``specdet.export.plugin_ops``), the plugin, the reference and the doc
 - ``<op>/<op>.cu`` + ``<op>/<op>.h``: the kernels and a plain C launch function
   with its parameter struct (no TensorRT); ``common/``: the shared device helpers;
 - ``<op>/plugin.cpp`` + ``plugin_library.cpp``: the TensorRT IPluginV3 plugins
-  (namespace ``specdet``), built where TensorRT headers are;
+  (namespace ``specdet``; one skeleton, ``common/trt_plugin_base.h``), built where
+  TensorRT headers are;
 - ``<op>/contract.json`` + ``<op>/golden/``: inputs, outputs, attributes and
   ranges, tolerances per dtype, golden data (:mod:`specdet.kernels.contract`);
 - :mod:`specdet.kernels.reference`: the float64 NumPy references;

@@ -38,6 +38,27 @@ Shape shape_of(specdet_band_split_params const& p) {
     return Shape{p.batch, p.channels, p.height, p.width, p.width / 2 + 1, p.num_edges + 1};
 }
 
+// The op as the launch steps every op shares (op_launch, ... in spectral_common.cuh) see it;
+// the runs are defined below.
+struct BandSplitOp {
+    using Params = specdet_band_split_params;
+
+    static int validate(Params const* p) { return specdet_band_split_validate(p); }
+
+    static int make_plans(Params const& p, specdet_fft_plans* plans) {
+        Shape const s = shape_of(p);
+        cufftHandle plan = 0;
+        SPECDET_TRY(fft_plan(plans, true, s.height, s.width, s.images(), nullptr, &plan));
+        return fft_plan(plans, false, s.height, s.width, s.band_images(), nullptr, &plan);
+    }
+
+    static size_t workspace_bytes(Params const& p);
+    template <class T>
+    static int run_dft(Params const& p, T const* x, T* y, void* workspace, cudaStream_t stream);
+    static int run_cufft(
+        Params const& p, void const* x, void* y, void* workspace, specdet_fft_plans* plans, cudaStream_t stream);
+};
+
 Bands bands_of(specdet_band_split_params const& p) {
     Bands bands{};
     bands.num_edges = p.num_edges;
@@ -135,7 +156,7 @@ FftLayout fft_layout(Shape const& s, int dtype, void* base, size_t* size) {
     return l;
 }
 
-size_t workspace_bytes(specdet_band_split_params const& p) {
+size_t BandSplitOp::workspace_bytes(specdet_band_split_params const& p) {
     size_t size = 0;
     Shape const s = shape_of(p);
     if (resolve_method(p.method) == SPECDET_METHOD_DFT) {
@@ -147,7 +168,7 @@ size_t workspace_bytes(specdet_band_split_params const& p) {
 }
 
 template <class T>
-int run_dft(specdet_band_split_params const& p, T const* x, T* y, void* workspace, cudaStream_t stream) {
+int BandSplitOp::run_dft(specdet_band_split_params const& p, T const* x, T* y, void* workspace, cudaStream_t stream) {
     Shape const s = shape_of(p);
     size_t size = 0;
     DftLayout const l = dft_layout(s, workspace, &size);
@@ -176,8 +197,8 @@ int run_dft(specdet_band_split_params const& p, T const* x, T* y, void* workspac
     return SPECDET_OK;
 }
 
-int run_cufft(specdet_band_split_params const& p, void const* x, void* y, void* workspace, specdet_fft_plans* plans,
-    cudaStream_t stream) {
+int BandSplitOp::run_cufft(specdet_band_split_params const& p, void const* x, void* y, void* workspace,
+    specdet_fft_plans* plans, cudaStream_t stream) {
     Shape const s = shape_of(p);
     size_t size = 0;
     FftLayout const l = fft_layout(s, p.dtype, workspace, &size);
@@ -242,48 +263,20 @@ SPECDET_API int specdet_band_split_validate(specdet_band_split_params const* p) 
 }
 
 SPECDET_API int specdet_band_split_resolved_method(specdet_band_split_params const* p) {
-    return specdet_band_split_validate(p) == SPECDET_OK ? resolve_method(p->method) : -1;
+    return op_resolved_method<BandSplitOp>(p);
 }
 
 SPECDET_API size_t specdet_band_split_workspace_size(specdet_band_split_params const* p) {
-    return specdet_band_split_validate(p) == SPECDET_OK ? workspace_bytes(*p) : 0;
+    return op_workspace_size<BandSplitOp>(p);
 }
 
 SPECDET_API int specdet_band_split_prepare(specdet_band_split_params const* p, specdet_fft_plans* plans) {
-    SPECDET_TRY(specdet_band_split_validate(p));
-    if (resolve_method(p->method) != SPECDET_METHOD_CUFFT || p->batch == 0) {
-        return SPECDET_OK;
-    }
-    Shape const s = shape_of(*p);
-    cufftHandle plan = 0;
-    SPECDET_TRY(fft_plan(plans, true, s.height, s.width, s.images(), nullptr, &plan));
-    return fft_plan(plans, false, s.height, s.width, s.band_images(), nullptr, &plan);
+    return op_prepare<BandSplitOp>(p, plans);
 }
 
 SPECDET_API int specdet_band_split(specdet_band_split_params const* p, void const* x, void* y, void* workspace,
     size_t workspace_size, specdet_fft_plans* plans, cudaStream_t stream) {
-    SPECDET_TRY(specdet_band_split_validate(p));
-    if (p->batch == 0) {
-        return SPECDET_OK;
-    }
-    if (x == nullptr || y == nullptr) {
-        return SPECDET_ERROR_INVALID_ARGUMENT;
-    }
-    size_t const needed = workspace_bytes(*p);
-    if (workspace_size < needed || (needed > 0 && workspace == nullptr)) {
-        return SPECDET_ERROR_WORKSPACE;
-    }
-    int const method = resolve_method(p->method);
-    if (method == SPECDET_METHOD_DFT) {
-        if (p->dtype == SPECDET_FLOAT16) {
-            return run_dft(*p, static_cast<__half const*>(x), static_cast<__half*>(y), workspace, stream);
-        }
-        return run_dft(*p, static_cast<float const*>(x), static_cast<float*>(y), workspace, stream);
-    }
-    if (plans == nullptr) {
-        return SPECDET_ERROR_INVALID_ARGUMENT;
-    }
-    return run_cufft(*p, x, y, workspace, plans, stream);
+    return op_launch<BandSplitOp>(p, x, y, workspace, workspace_size, plans, stream);
 }
 
 } // extern "C"

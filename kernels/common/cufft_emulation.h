@@ -46,6 +46,21 @@ inline std::complex<double> twiddle(long long p, long long n, double sign) {
     return {std::cos(angle), std::sin(angle)};
 }
 
+// out[g][f] = sum_h in[h][f] e^{sign 2 pi i g h / H} for an H x Wh half spectrum: the pass
+// along the columns, the same in R2C (sign -1) and C2R (sign +1).
+inline void column_dft(
+    std::complex<double> const* in, std::complex<double>* out, long long H, long long Wh, double sign) {
+    for (long long g = 0; g < H; ++g) {
+        for (long long f = 0; f < Wh; ++f) {
+            std::complex<double> acc = 0.0;
+            for (long long h = 0; h < H; ++h) {
+                acc += in[h * Wh + f] * twiddle(g * h, H, sign);
+            }
+            out[g * Wh + f] = acc;
+        }
+    }
+}
+
 } // namespace specdet_emu
 
 inline cufftResult cufftCreate(cufftHandle* handle) {
@@ -86,7 +101,7 @@ inline cufftResult cufftExecR2C(cufftHandle handle, cufftReal* in, cufftComplex*
         return CUFFT_INVALID_PLAN;
     }
     long long const H = plan->height, W = plan->width, Wh = W / 2 + 1;
-    std::vector<std::complex<double>> rows(H * Wh);
+    std::vector<std::complex<double>> rows(H * Wh), spectrum(H * Wh);
     for (long long b = 0; b < plan->batch; ++b) {
         cufftReal const* x = in + b * H * W;
         for (long long t = 0; t < H; ++t) {
@@ -98,14 +113,10 @@ inline cufftResult cufftExecR2C(cufftHandle handle, cufftReal* in, cufftComplex*
                 rows[t * Wh + f] = acc;
             }
         }
-        for (long long h = 0; h < H; ++h) {
-            for (long long f = 0; f < Wh; ++f) {
-                std::complex<double> acc = 0.0;
-                for (long long t = 0; t < H; ++t) {
-                    acc += rows[t * Wh + f] * specdet_emu::twiddle(h * t, H, -1.0);
-                }
-                out[(b * H + h) * Wh + f] = cufftComplex{static_cast<float>(acc.real()), static_cast<float>(acc.imag())};
-            }
+        specdet_emu::column_dft(rows.data(), spectrum.data(), H, Wh, -1.0);
+        for (long long i = 0; i < H * Wh; ++i) {
+            std::complex<double> const v = spectrum[i];
+            out[b * H * Wh + i] = cufftComplex{static_cast<float>(v.real()), static_cast<float>(v.imag())};
         }
     }
     return CUFFT_SUCCESS;
@@ -119,19 +130,12 @@ inline cufftResult cufftExecC2R(cufftHandle handle, cufftComplex* in, cufftReal*
         return CUFFT_INVALID_PLAN;
     }
     long long const H = plan->height, W = plan->width, Wh = W / 2 + 1;
-    std::vector<std::complex<double>> cols(H * Wh);
+    std::vector<std::complex<double>> spectrum(H * Wh), cols(H * Wh);
     for (long long b = 0; b < plan->batch; ++b) {
-        cufftComplex const* z = in + b * H * Wh;
-        for (long long t = 0; t < H; ++t) {
-            for (long long f = 0; f < Wh; ++f) {
-                std::complex<double> acc = 0.0;
-                for (long long h = 0; h < H; ++h) {
-                    cufftComplex const v = z[h * Wh + f];
-                    acc += std::complex<double>(v.x, v.y) * specdet_emu::twiddle(h * t, H, 1.0);
-                }
-                cols[t * Wh + f] = acc;
-            }
+        for (long long i = 0; i < H * Wh; ++i) {
+            spectrum[i] = {in[b * H * Wh + i].x, in[b * H * Wh + i].y};
         }
+        specdet_emu::column_dft(spectrum.data(), cols.data(), H, Wh, 1.0);
         for (long long t = 0; t < H; ++t) {
             for (long long s = 0; s < W; ++s) {
                 double acc = 0.0;

@@ -11,7 +11,9 @@
  *   that every stage of a separable 2-D DFT (real input, masks, real output,
  *   float16 data) is one launch of the same kernel;
  * - float16/float32 conversion, the per-image mean of |spectrum|, the cuFFT
- *   plan cache and the workspace layout helper.
+ *   plan cache and the workspace layout helper;
+ * - the steps of the C launch functions that are the same for every op
+ *   (validation, argument and workspace checks, method and dtype dispatch).
  */
 #ifndef SPECDET_SPECTRAL_COMMON_CUH
 #define SPECDET_SPECTRAL_COMMON_CUH
@@ -364,6 +366,64 @@ inline bool valid_shape(int64_t batch, int64_t channels, int64_t height, int64_t
 inline bool valid_dtype_method(int dtype, int method) {
     return (dtype == SPECDET_FLOAT32 || dtype == SPECDET_FLOAT16)
         && (method == SPECDET_METHOD_AUTO || method == SPECDET_METHOD_DFT || method == SPECDET_METHOD_CUFFT);
+}
+
+// ---- the C launch functions, written once for every op ----
+//
+// Each op's .cu file describes itself as a struct Op and its extern "C"
+// functions call these. Op has:
+//   using Params = ...;                                   the op's parameter struct
+//   static int validate(Params const*);                   its specdet_<op>_validate
+//   static size_t workspace_bytes(Params const&);         workspace of the resolved method, valid params
+//   template <class T> static int run_dft(Params const&, T const* x, T* y, void* workspace, cudaStream_t);
+//   static int run_cufft(Params const&, void const* x, void* y, void* workspace, specdet_fft_plans*, cudaStream_t);
+//   static int make_plans(Params const&, specdet_fft_plans*);  the cuFFT plans of this shape
+
+template <class Op>
+int op_resolved_method(typename Op::Params const* p) {
+    return Op::validate(p) == SPECDET_OK ? resolve_method(p->method) : -1;
+}
+
+template <class Op>
+size_t op_workspace_size(typename Op::Params const* p) {
+    return Op::validate(p) == SPECDET_OK ? Op::workspace_bytes(*p) : 0;
+}
+
+template <class Op>
+int op_prepare(typename Op::Params const* p, specdet_fft_plans* plans) {
+    SPECDET_TRY(Op::validate(p));
+    if (resolve_method(p->method) != SPECDET_METHOD_CUFFT || p->batch == 0) {
+        return SPECDET_OK;
+    }
+    return Op::make_plans(*p, plans);
+}
+
+// The launch: every check on the caller's arguments, then the method's run
+// (the DFT kernels are templates over the data type, cuFFT works in float32).
+template <class Op>
+int op_launch(typename Op::Params const* p, void const* x, void* y, void* workspace, size_t workspace_size,
+    specdet_fft_plans* plans, cudaStream_t stream) {
+    SPECDET_TRY(Op::validate(p));
+    if (p->batch == 0) {
+        return SPECDET_OK;
+    }
+    if (x == nullptr || y == nullptr) {
+        return SPECDET_ERROR_INVALID_ARGUMENT;
+    }
+    size_t const needed = Op::workspace_bytes(*p);
+    if (workspace_size < needed || (needed > 0 && workspace == nullptr)) {
+        return SPECDET_ERROR_WORKSPACE;
+    }
+    if (resolve_method(p->method) == SPECDET_METHOD_DFT) {
+        if (p->dtype == SPECDET_FLOAT16) {
+            return Op::run_dft(*p, static_cast<__half const*>(x), static_cast<__half*>(y), workspace, stream);
+        }
+        return Op::run_dft(*p, static_cast<float const*>(x), static_cast<float*>(y), workspace, stream);
+    }
+    if (plans == nullptr) {
+        return SPECDET_ERROR_INVALID_ARGUMENT;
+    }
+    return Op::run_cufft(*p, x, y, workspace, plans, stream);
 }
 
 } // namespace detail

@@ -1,8 +1,8 @@
 /*
  * What the TensorRT plugins of specdet share: the namespace, logging through
  * the logger TensorRT hands the library (setLoggerFinder), plugin fields, and
- * the checks every op repeats (one float input, outputs of its type, linear
- * layout).
+ * the checks of the plugin skeleton in trt_plugin_base.h (one float input,
+ * outputs of its type, linear layout).
  *
  * Only TensorRT's interface headers are used, nothing from libnvinfer, so the
  * plugin library loads into TensorRT and TensorRT-RTX alike.

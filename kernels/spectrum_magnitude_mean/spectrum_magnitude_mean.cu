@@ -24,6 +24,26 @@ SmmShape shape_of(specdet_spectrum_magnitude_mean_params const& p) {
     return SmmShape{p.batch, p.channels, p.height, p.width, p.width / 2 + 1};
 }
 
+// The op as the launch steps every op shares (op_launch, ... in spectral_common.cuh) see it;
+// the runs are defined below.
+struct SpectrumMagnitudeMeanOp {
+    using Params = specdet_spectrum_magnitude_mean_params;
+
+    static int validate(Params const* p) { return specdet_spectrum_magnitude_mean_validate(p); }
+
+    static int make_plans(Params const& p, specdet_fft_plans* plans) {
+        SmmShape const s = shape_of(p);
+        cufftHandle plan = 0;
+        return fft_plan(plans, true, s.height, s.width, s.images(), nullptr, &plan);
+    }
+
+    static size_t workspace_bytes(Params const& p);
+    template <class T>
+    static int run_dft(Params const& p, T const* x, T* y, void* workspace, cudaStream_t stream);
+    static int run_cufft(
+        Params const& p, void const* x, void* y, void* workspace, specdet_fft_plans* plans, cudaStream_t stream);
+};
+
 struct SmmDftLayout {
     cfloat *e_w, *c_h, *y, *z;
 };
@@ -53,7 +73,7 @@ SmmFftLayout fft_layout(SmmShape const& s, int dtype, void* base, size_t* size) 
     return l;
 }
 
-size_t workspace_bytes(specdet_spectrum_magnitude_mean_params const& p) {
+size_t SpectrumMagnitudeMeanOp::workspace_bytes(specdet_spectrum_magnitude_mean_params const& p) {
     size_t size = 0;
     SmmShape const s = shape_of(p);
     if (resolve_method(p.method) == SPECDET_METHOD_DFT) {
@@ -65,7 +85,8 @@ size_t workspace_bytes(specdet_spectrum_magnitude_mean_params const& p) {
 }
 
 template <class T>
-int run_dft(specdet_spectrum_magnitude_mean_params const& p, T const* x, T* y, void* workspace, cudaStream_t stream) {
+int SpectrumMagnitudeMeanOp::run_dft(
+    specdet_spectrum_magnitude_mean_params const& p, T const* x, T* y, void* workspace, cudaStream_t stream) {
     SmmShape const s = shape_of(p);
     size_t size = 0;
     SmmDftLayout const l = dft_layout(s, workspace, &size);
@@ -81,8 +102,8 @@ int run_dft(specdet_spectrum_magnitude_mean_params const& p, T const* x, T* y, v
     return magnitude_mean(l.z, s.images(), s.plane(), 1.0f, y, stream);
 }
 
-int run_cufft(specdet_spectrum_magnitude_mean_params const& p, void const* x, void* y, void* workspace,
-    specdet_fft_plans* plans, cudaStream_t stream) {
+int SpectrumMagnitudeMeanOp::run_cufft(specdet_spectrum_magnitude_mean_params const& p, void const* x, void* y,
+    void* workspace, specdet_fft_plans* plans, cudaStream_t stream) {
     SmmShape const s = shape_of(p);
     size_t size = 0;
     SmmFftLayout const l = fft_layout(s, p.dtype, workspace, &size);
@@ -126,47 +147,21 @@ SPECDET_API int specdet_spectrum_magnitude_mean_validate(specdet_spectrum_magnit
 }
 
 SPECDET_API int specdet_spectrum_magnitude_mean_resolved_method(specdet_spectrum_magnitude_mean_params const* p) {
-    return specdet_spectrum_magnitude_mean_validate(p) == SPECDET_OK ? resolve_method(p->method) : -1;
+    return op_resolved_method<SpectrumMagnitudeMeanOp>(p);
 }
 
 SPECDET_API size_t specdet_spectrum_magnitude_mean_workspace_size(specdet_spectrum_magnitude_mean_params const* p) {
-    return specdet_spectrum_magnitude_mean_validate(p) == SPECDET_OK ? workspace_bytes(*p) : 0;
+    return op_workspace_size<SpectrumMagnitudeMeanOp>(p);
 }
 
 SPECDET_API int specdet_spectrum_magnitude_mean_prepare(
     specdet_spectrum_magnitude_mean_params const* p, specdet_fft_plans* plans) {
-    SPECDET_TRY(specdet_spectrum_magnitude_mean_validate(p));
-    if (resolve_method(p->method) != SPECDET_METHOD_CUFFT || p->batch == 0) {
-        return SPECDET_OK;
-    }
-    SmmShape const s = shape_of(*p);
-    cufftHandle plan = 0;
-    return fft_plan(plans, true, s.height, s.width, s.images(), nullptr, &plan);
+    return op_prepare<SpectrumMagnitudeMeanOp>(p, plans);
 }
 
 SPECDET_API int specdet_spectrum_magnitude_mean(specdet_spectrum_magnitude_mean_params const* p, void const* x,
     void* y, void* workspace, size_t workspace_size, specdet_fft_plans* plans, cudaStream_t stream) {
-    SPECDET_TRY(specdet_spectrum_magnitude_mean_validate(p));
-    if (p->batch == 0) {
-        return SPECDET_OK;
-    }
-    if (x == nullptr || y == nullptr) {
-        return SPECDET_ERROR_INVALID_ARGUMENT;
-    }
-    size_t const needed = workspace_bytes(*p);
-    if (workspace_size < needed || (needed > 0 && workspace == nullptr)) {
-        return SPECDET_ERROR_WORKSPACE;
-    }
-    if (resolve_method(p->method) == SPECDET_METHOD_DFT) {
-        if (p->dtype == SPECDET_FLOAT16) {
-            return run_dft(*p, static_cast<__half const*>(x), static_cast<__half*>(y), workspace, stream);
-        }
-        return run_dft(*p, static_cast<float const*>(x), static_cast<float*>(y), workspace, stream);
-    }
-    if (plans == nullptr) {
-        return SPECDET_ERROR_INVALID_ARGUMENT;
-    }
-    return run_cufft(*p, x, y, workspace, plans, stream);
+    return op_launch<SpectrumMagnitudeMeanOp>(p, x, y, workspace, workspace_size, plans, stream);
 }
 
 } // extern "C"
