@@ -24,6 +24,7 @@ from pathlib import Path
 
 from specdet import cli
 from specdet.errors import SpecdetError
+from specdet.files import check_output
 
 from specdet.benchmarks import bench, report, timing, variants
 from specdet.benchmarks.progress import Progress
@@ -32,7 +33,7 @@ DEFAULT_OUT = "bench-out"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="detect-bench",
         description="Latency and accuracy of every backend against the PyTorch FP32 reference.",
         epilog="Variants: " + "; ".join(f"{v.name} ({v.summary})" for v in variants.VARIANTS.values()),
@@ -44,15 +45,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", metavar="LIST", default="1,8", help="comma-separated batch sizes (default: 1,8)")
     p.add_argument("--images", type=Path, metavar="DIR", help="folder of images, labelled when laid out as 0_real/1_fake "
                    "(per source); default: scikit-image's sample photos")
-    p.add_argument("--max-images", type=int, metavar="N", help="score at most this many images, spread over the folder")
-    p.add_argument("--warmup", type=int, metavar="N", default=2, help="untimed rounds per batch size (default: 2)")
+    p.add_argument("--max-images", type=cli.POSITIVE, metavar="N", help="score at most this many images, spread over the folder")
+    p.add_argument("--warmup", type=cli.int_range(0, 100_000), metavar="N", default=2, help="untimed rounds per batch size (default: 2)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iters", type=int, metavar="N", help="timed rounds per batch size (default: 10)")
-    budget.add_argument("--seconds", type=float, metavar="S",
+    budget.add_argument("--iters", type=cli.int_range(1, 1_000_000), metavar="N", help="timed rounds per batch size (default: 10)")
+    budget.add_argument("--seconds", type=cli.number_range(0.0, 86_400.0, above=True), metavar="S",
                         help="time each batch size until the slowest variant has run this long (at least 3 rounds)")
     p.add_argument("--sequential", action="store_true",
                    help="time each variant on its own in turn instead of interleaving them call by call")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per backend (default: each backend's own)")
+    p.add_argument("--threads", type=cli.THREADS, metavar="N", help="CPU threads per backend (default: each backend's own)")
     p.add_argument("--out", type=Path, metavar="DIR", default=Path(DEFAULT_OUT),
                    help=f"folder for the JSON, Markdown and PNG files (default: {DEFAULT_OUT})")
     p.add_argument("--profile", action="store_true",
@@ -70,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.threads is not None and args.threads < 1:
-        raise SpecdetError(f"--threads {args.threads}: give 1 or more")
+    check_output(args.out, "benchmark report", folder=True)
     try:
-        plan = timing.Plan(args.warmup, None if args.seconds is not None else (args.iters or 10), args.seconds,
+        plan = timing.Plan(args.warmup, None if args.seconds is not None else (10 if args.iters is None else args.iters), args.seconds,
                            interleave=not args.sequential)
     except ValueError as err:
         raise SpecdetError(f"{err}: check --warmup, --iters and --seconds") from None

@@ -71,12 +71,12 @@ def compare(reference: str, candidate: str, folder: str, *, batch_size: int = 8,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m specdet.benchmarks.fp16_agreement", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m specdet.benchmarks.fp16_agreement", description=__doc__.splitlines()[0])
     parser.add_argument("reference", help="the FP32 artifact")
     parser.add_argument("candidate", help="the artifact to judge (FP16 ONNX or engine)")
     parser.add_argument("folder", help="images (searched recursively)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--limit", type=int, help="at most this many images, spread over the folder")
+    parser.add_argument("--batch-size", type=cli.BATCH, default=8)
+    parser.add_argument("--limit", type=cli.POSITIVE, help="at most this many images, spread over the folder")
     parser.add_argument("--out", help="write the result as JSON here")
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)

@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from specdet import cli
 from specdet.files import atomic_write
 
 from specdet.benchmarks import gpu_steps
@@ -51,7 +52,7 @@ NAMES = {"json": "gpu-suite.json", "markdown": "gpu-suite.md", "log": "gpu-suite
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m specdet.benchmarks.gpu_suite", description=__doc__.splitlines()[0])
+    p = cli.ArgumentParser(prog="python -m specdet.benchmarks.gpu_suite", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for gpu-suite.json, .md and .log")
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, metavar="S",
                    help=f"seconds for the whole suite; steps that would not fit are skipped (default: {DEFAULT_BUDGET_S})")

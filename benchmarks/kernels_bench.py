@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specdet import cli
 from specdet.benchmarks import timing
 from specdet.kernels import library, reference
 from specdet.models import spectral
@@ -282,7 +283,7 @@ def run(args) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m specdet.benchmarks.kernels_bench", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m specdet.benchmarks.kernels_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/<date>-<device>-kernels.json)")
     parser.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32); "
                         "the models run at the largest")

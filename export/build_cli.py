@@ -13,7 +13,7 @@ from specdet.export.engine import ENGINE_LIBRARIES, build_engine, parse_batch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="detect-build",
         description="Build a TensorRT (or TensorRT-RTX) engine from an ONNX file written by detect-export: strongly "
         "typed (an FP16 engine comes from an FP16 ONNX file), one optimisation profile over the batch range, "
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugins", nargs="+", default=[], metavar="LIB",
                         help="TensorRT plugin libraries to load; the fallback bodies of the specdet ops they "
                         "provide are stripped so that the plugins are used")
-    parser.add_argument("--workspace", type=int, metavar="MB", help="workspace memory limit in MB (default: "
+    parser.add_argument("--workspace", type=cli.int_range(1, 1 << 22), metavar="MB", help="workspace memory limit in MB (default: "
                         "the library's)")
     parser.add_argument("--compute-capability", nargs="+", metavar="CC",
                         help="TensorRT-RTX targets, e.g. 8.6 12.0 (default: the GPU present; without one, every "

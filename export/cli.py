@@ -6,13 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import onnx
+
 from specdet import cli
 from specdet.export.artifact import PRECISIONS, convert_to_fp16, export_checkpoint
-from specdet.export.onnx import AUTO_FFT, DEFAULT_OPSET, FFT_MODES
+from specdet.export.onnx import AUTO_FFT, DEFAULT_OPSET, FFT_MODES, MIN_OPSET
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="detect-export",
         description="Export a detector checkpoint to ONNX (dynamic batch), validate it against PyTorch "
         "in ONNX Runtime and write a manifest (model.json) beside it.",
@@ -32,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how FFTs are written in ONNX: dft (ONNX DFT nodes), matmul (DFT as constant matrices), "
         f"plugin (specdet-domain ops with a matmul fallback body); auto = {AUTO_FFT}",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--max-batch", type=int, default=32, help="largest batch the file accepts (default 32)")
+    parser.add_argument("--opset", type=cli.int_range(MIN_OPSET, onnx.defs.onnx_opset_version()), default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--max-batch", type=cli.BATCH, default=32, help="largest batch the file accepts (default 32)")
     fp16 = parser.add_argument_group("precision")
     fp16.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
@@ -44,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration", metavar="DIR",
         help="images the FP16 error is measured on (default: scikit-image's sample photos)",
     )
-    fp16.add_argument("--calibration-count", type=int, default=32, metavar="N",
+    fp16.add_argument("--calibration-count", type=cli.int_range(1, 100_000), default=32, metavar="N",
                       help="images taken from --calibration, spread over the folder (default 32)")
-    fp16.add_argument("--fp16-tolerance", type=float, metavar="P",
+    fp16.add_argument("--fp16-tolerance", type=cli.number_range(0.0, 1.0, above=True), metavar="P",
                       help="largest probability difference from FP32 an op group may leave when it goes FP16 "
                       "(default 0.005)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -14,7 +14,6 @@ sources and options (``$SPECDET_KERNELS_CACHE``, default
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
@@ -25,6 +24,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from specdet import cli
 from specdet.errors import SpecdetError
 
 KERNELS_DIR = Path(__file__).resolve().parent
@@ -185,7 +185,7 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m specdet.kernels.build", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m specdet.kernels.build", description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", help="default: a cache directory named by the sources' hash")
     parser.add_argument("--arch", help='CUDA architectures, CMake syntax (default "75;80;86;89;90"; "native" on a GPU machine)')
     parser.add_argument("--tensorrt-root", help="TensorRT install with include/NvInfer.h (default: $TensorRT_ROOT)")

@@ -12,7 +12,6 @@ case's seed, rounded to float16, so the same input serves both dtypes) and
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from specdet import cli
 from specdet.kernels import reference
 
 KERNELS_DIR = Path(__file__).resolve().parent
@@ -110,7 +110,7 @@ def write_golden(op: str) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m specdet.kernels.contract", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m specdet.kernels.contract", description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="regenerate the golden files from the references")
     args = parser.parse_args(argv)
     for op in OP_DIRS:

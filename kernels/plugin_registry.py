@@ -22,7 +22,6 @@ a machine without a GPU or without the C++ plugin library:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from specdet import cli
 from specdet.errors import SpecdetError
 from specdet import tensorrt as trt_plugins
 from specdet.tensorrt import PLUGIN_DOMAIN
@@ -310,7 +310,7 @@ def inspect_network(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m specdet.kernels.plugin_registry", description=inspect_network.__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m specdet.kernels.plugin_registry", description=inspect_network.__doc__.splitlines()[0])
     parser.add_argument("onnx")
     parser.add_argument("--trt", default="tensorrt_rtx", help="tensorrt or tensorrt_rtx (default)")
     parser.add_argument("--plugins", help="plugin library to load (libspecdet_trt_plugins.so)")

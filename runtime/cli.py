@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from specdet import cli
 from specdet.cli import add_debug_flag, run
 from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
@@ -19,7 +20,7 @@ from specdet.runtime.detector import Detector, Result
 
 
 # Exit status when some files were skipped (unreadable or missing) and the rest scored.
-EXIT_SKIPPED = 1
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="detect-predict",
         description="Print the probability that each image is generated (fake) and its label.",
     )
@@ -44,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: chosen by the artifact's suffix")
     parser.add_argument("--arch", help="architecture of a bare state dict (a checkpoint names its own)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per inference call (default: 8)")
-    parser.add_argument("--threads", type=int, help="CPU threads for inference (default: the backend's)")
+    parser.add_argument("--batch-size", type=cli.BATCH, default=8, help="images per inference call (default: 8)")
+    parser.add_argument("--threads", type=cli.THREADS, help="CPU threads for inference (default: the backend's)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of {path, probability, label}")
     output.add_argument("--csv", action="store_true", help="print CSV with a path,probability,label header")
@@ -65,22 +66,43 @@ def _predict(args: argparse.Namespace) -> int:
     scored = [r for r in results if r.ok]
     for result in results:
         if not result.ok:
-            print(f"skipped {result.path}: {result.error}", file=sys.stderr)
+            print(f"skipped {printable(result.path)}: {' '.join(str(result.error).split())}", file=sys.stderr)
     _write(scored, "json" if args.json else "csv" if args.csv else "table")
-    return EXIT_SKIPPED if len(scored) < len(results) else 0
+    return cli.EXIT_SKIPPED if len(scored) < len(results) else 0
+
+
+def printable(path: str) -> str:
+    """A path as one printable line on any terminal: undecodable bytes and control characters escaped."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _write(results: list[Result], form: str) -> None:
-    rows = [(r.path, r.probability, r.label) for r in results]
     if form == "json":
-        json.dump([{"path": p, "probability": prob, "label": label} for p, prob, label in rows], sys.stdout, indent=2)
+        # JSON escapes what it cannot encode (\udcxx for undecodable bytes): the path stays exact.
+        rows = [{"path": r.path, "probability": r.probability, "label": r.label} for r in results]
+        json.dump(rows, sys.stdout, indent=2)
         print()
-    elif form == "csv":
+        return
+    rows = [(printable(r.path), r.probability, r.label) for r in results]
+    if form == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["path", "probability", "label"])
-        writer.writerows((p, f"{prob:.6f}", label) for p, prob, label in rows)
+        writer.writerows((_csv_cell(p), f"{prob:.6f}", label) for p, prob, label in rows)
     else:
         width = max([len("path")] + [len(p) for p, _, _ in rows])
         print(f"{'path':<{width}}  probability  label")
         for p, prob, label in rows:
             print(f"{p:<{width}}  {prob:>11.6f}  {label}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

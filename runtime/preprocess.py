@@ -11,11 +11,19 @@ Resizing and cropping follow torchvision's ``Resize(int)`` and ``CenterCrop``
 on PIL images (same size rounding, same PIL filters), so a model trained
 with those transforms sees the same pixels here. Unlike ``CenterCrop``, an
 image smaller than the crop is scaled up rather than padded with black.
+Work per image is bounded: an image above ``max_pixels`` (default
+:data:`MAX_PIXELS`) is refused before it is decoded, and so is one whose
+resized size would be (a 3 x 100000 strip scaled to a 224-pixel short side
+is 1.7 gigapixels); only regular files are opened (a FIFO named ``x.jpg``
+would block forever). Resampling only the cropped region (Pillow's ``box``)
+would bound the work too, but Pillow takes the box in float32 and the pixels
+then differ by a few levels from the full resize that training used.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -40,6 +48,12 @@ _BACKGROUND = (255, 255, 255)
 _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
 
 
+# 8000 x 8000: every camera photo fits; a decompression bomb (a small PNG whose
+# header claims 30000 x 30000) is refused from its header, before decoding.
+# Below Pillow's own warning threshold (about 89.5 megapixels).
+MAX_PIXELS = 64_000_000
+
+
 class ImageError(SpecdetError):
     """An input that is not a readable image; the message is ``"SOURCE: reason"``."""
 
@@ -49,20 +63,25 @@ class ImageError(SpecdetError):
         self.reason = reason
 
 
-def load_image(source: ImageSource) -> Image.Image:
+def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Return ``source`` (a path, a PIL image or an HxW / HxWx3 / HxWx4 array) as an RGB PIL image.
 
     EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images
     are converted to 8-bit RGB; transparency is composited over white.
-    Arrays are uint8, uint16, or float with values in [0, 1].
+    Arrays are uint8, uint16, or float with values in [0, 1]. An image of
+    more than ``max_pixels`` pixels is refused (:class:`ImageError`).
     """
     if isinstance(source, np.ndarray):
+        _check_pixels(f"array of shape {source.shape}", source.shape[1::-1] if source.ndim >= 2 else (0, 0), max_pixels)
         return _to_rgb(_from_array(source))
     if isinstance(source, Image.Image):
+        _check_pixels(source, source.size, max_pixels)
         return _to_rgb(ImageOps.exif_transpose(source))
     path = Path(source)
+    _check_regular_file(path)
     try:
         with Image.open(path) as image:
+            _check_pixels(path, image.size, max_pixels)  # from the header, before decoding
             image.load()  # decode now, so a truncated file fails here and not later
             return _to_rgb(ImageOps.exif_transpose(image))
     except FileNotFoundError as err:
@@ -71,12 +90,37 @@ def load_image(source: ImageSource) -> Image.Image:
         raise ImageError(path, "a folder, not an image") from err
     except UnidentifiedImageError as err:
         raise ImageError(path, "not an image file PIL can read") from err
-    except (OSError, ValueError, SyntaxError) as err:
+    except Image.DecompressionBombError as err:
+        raise ImageError(path, f"refused by Pillow as a decompression bomb ({err})") from err
+    except MemoryError as err:
+        raise ImageError(path, "not enough memory to decode it") from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
         # PIL reports corrupt and truncated data with these types.
-        raise ImageError(path, f"unreadable image ({err})") from err
+        raise ImageError(path, f"unreadable image ({' '.join(str(err).split())})") from err
 
 
-def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any]) -> np.ndarray:
+def _check_regular_file(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        kind = "a broken link" if path.is_symlink() else "no such file"
+        raise ImageError(path, kind) from None
+    except OSError as err:
+        raise ImageError(path, f"cannot read it ({err.strerror})") from err
+    if stat.S_ISDIR(mode):
+        raise ImageError(path, "a folder, not an image")
+    if not stat.S_ISREG(mode):
+        raise ImageError(path, "not a regular file (a FIFO, socket or device): only files are read")
+
+
+def _check_pixels(source: object, size: tuple[int, int], max_pixels: int, what: str = "") -> None:
+    width, height = int(size[0]), int(size[1])
+    if width * height > max_pixels:
+        raise ImageError(source, f"{what + ' ' if what else ''}{width} x {height} is {width * height / 1e6:.1f} megapixels, "
+                                 f"above the limit of {max_pixels / 1e6:.1f}: raise max_pixels (--max-pixels) if it is a real image")
+
+
+def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Load, resize, centre-crop and normalise images into a float32 ``[N, 3, crop, crop]`` batch."""
     check_spec(spec)
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
@@ -85,7 +129,9 @@ def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any]
     std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
     batch = np.empty((len(images), 3, spec["crop"], spec["crop"]), dtype=np.float32)
     for i, source in enumerate(images):
-        pixels = np.asarray(_resize_and_crop(load_image(source), spec), dtype=np.float32)
+        image = load_image(source, max_pixels)
+        _check_pixels(source, _resized_size(image.size, spec), max_pixels, "resized to")
+        pixels = np.asarray(_resize_and_crop(image, spec), dtype=np.float32)
         batch[i] = (pixels.transpose(2, 0, 1) / 255.0 - mean) / std
     return batch
 
@@ -150,8 +196,19 @@ def resize_for_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
 
     Training augmentation calls this too, so that it sees images at the scale inference does.
     """
-    target = max(spec["resize"] or min(image.size), spec["crop"])
-    return _resize_shorter_side(image, target, _FILTERS[spec["interpolation"]])
+    size = _resized_size(image.size, spec)
+    return image if size == image.size else image.resize(size, _FILTERS[spec["interpolation"]])
+
+
+def _resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:
+    width, height = size
+    short, long = min(width, height), max(width, height)
+    target = max(spec["resize"] or short, spec["crop"])
+    if short == target:
+        return size
+    # torchvision's Resize(int): the longer side is truncated, not rounded.
+    new_long = int(target * long / short)
+    return (target, new_long) if width <= height else (new_long, target)
 
 
 def _resize_and_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
@@ -161,14 +218,3 @@ def _resize_and_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
     # torchvision's CenterCrop rounding, so both pick the same pixels.
     left, top = int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))
     return image.crop((left, top, left + crop, top + crop))
-
-
-def _resize_shorter_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    if short == size:
-        return image
-    # torchvision's Resize(int): the longer side is truncated, not rounded.
-    new_long = int(size * long / short)
-    new_size = (size, new_long) if width <= height else (new_long, size)
-    return image.resize(new_size, resample)

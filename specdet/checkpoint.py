@@ -73,11 +73,21 @@ def save(
         "config": dataclasses.asdict(config),
         "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
         "preprocessing": dict(preprocessing),
-        "threshold": float(threshold),
+        "threshold": check_threshold(threshold, "the threshold to save"),
         "metadata": dict(metadata),
     }
     atomic_write(path, lambda file: torch.save(payload, file))
     return Path(path)
+
+
+def check_threshold(value: Any, where: str) -> float:
+    """``value`` as a decision threshold: a finite probability in [0, 1], or a one-line error naming ``where``.
+
+    A threshold of 5 or NaN would call every image "real" without a word.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise SpecdetError(f"{where} is {value!r}: a threshold is a probability from 0 to 1; fix or re-save the model")
+    return float(value)
 
 
 def load(path: str | os.PathLike, *, arch: str | None = None) -> LoadedCheckpoint:
@@ -136,7 +146,7 @@ def _checkpoint_fields(path: Path, content: dict, arch: str | None) -> dict[str,
         "config": dict(content["config"]),
         "state_dict": content["state_dict"],
         "preprocessing": dict(content["preprocessing"]),
-        "threshold": float(content["threshold"]),
+        "threshold": check_threshold(content["threshold"], f"{path}'s threshold"),
         "metadata": dict(content.get("metadata") or {}),
     }
 

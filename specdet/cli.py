@@ -1,31 +1,133 @@
-"""What every command-line tool shares: ``--debug`` and one-line errors."""
+"""What every command-line tool shares: one-line errors, ``--debug``, exit codes, argument ranges.
+
+Exit codes of every ``detect-*`` command:
+
+    0    done
+    1    done, but some inputs were skipped (each one reported on stderr)
+    2    a user error: a bad flag, file or artifact (one line on stderr saying what to do)
+    3    an internal error: a bug in specdet (one line; rerun with --debug for the traceback)
+    130  interrupted (Ctrl-C)
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable
 
 from specdet.errors import SpecdetError  # noqa: F401  (re-exported for the CLIs)
 
-# Exit status of a command that stopped on a user error (bad file, bad flag).
+EXIT_SKIPPED = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130
+
+# Sane ranges for the counts users type: a thread count beyond this only
+# thrashes (and 100000 threads did not finish in minutes), a batch beyond
+# this does not fit any accelerator's memory at 224 x 224.
+MAX_THREADS = 1024
+MAX_BATCH = 65536
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the usual one-line error: ``prog: error: MESSAGE (see prog --help)``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
+def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high`` (inclusive; None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give a whole number {bound}")
+        return value
+
+    return parse
+
+
+def number_range(low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number from ``low`` (or above it, with ``above``) to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = value <= low if above else value < low
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            start = f"above {low:g}" if above else f"from {low:g}"
+            bound = f"{start} to {high:g}" if high is not None else ("above " if above else "of at least ") + f"{low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {bound}")
+        return value
+
+    return parse
+
+
+THREADS = int_range(1, MAX_THREADS)
+BATCH = int_range(1, MAX_BATCH)
+POSITIVE = int_range(1)
+PROBABILITY = number_range(0.0, 1.0)
+
+
 def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run ``command(args)``; a :class:`SpecdetError` becomes one line on stderr and exit 2."""
+    """Run ``command(args)``; errors become one line on stderr and their exit code (see the module doc)."""
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not in a traceback at exit
+        return code
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as other tools do
+        _discard_stdout()
+        return EXIT_SKIPPED
     except SpecdetError as err:
         if args.debug:
             raise
-        name = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "specdet"
-        print(f"{name}: error: {err}", file=sys.stderr)
+        print(f"{_name()}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"{_name()}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:  # the disk, not specdet: full, read-only, permissions
+        if args.debug:
+            raise
+        _discard_stdout()
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"{_name()}: error: {err.strerror or err}{where}: check the output location and free space",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as err:  # noqa: BLE001 (a bug: say so in one line, keep the traceback for --debug)
+        if args.debug:
+            raise
+        print(f"{_name()}: internal error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback "
+              "and report it)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null when it cannot be written, so Python's flush at exit adds no traceback."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _name() -> str:
+    return sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "specdet"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

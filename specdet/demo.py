@@ -90,7 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="detect-demo", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="detect-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo-out", help="folder for the checkpoints and ONNX files (default demo-out)")
     parser.add_argument("--fft", nargs="+", choices=FFT_MODES, default=list(FFT_MODES), help="FFT modes to export")
     cli.add_debug_flag(parser)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from specdet.errors import SpecdetError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
@@ -40,3 +42,31 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_output(path: str | os.PathLike, what: str, *, inputs: tuple[str | os.PathLike, ...] = (),
+                 folder: bool = False) -> Path:
+    """Refuse, before any work starts, an output that cannot be written or would destroy an input.
+
+    ``path`` is where the ``what`` (e.g. "checkpoint") will go: a file, or a
+    folder with ``folder``. Missing parent folders are fine (they are made
+    when writing); an existing folder where a file is wanted, a file where a
+    folder is wanted, a parent that is a file or is read-only, or the same
+    file as one of ``inputs`` are one-line errors.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise SpecdetError(f"{path} is a file: give a folder for the {what}")
+    if not folder and path.is_dir():
+        raise SpecdetError(f"{path} is a folder: give a file name for the {what}")
+    for source in inputs:
+        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise SpecdetError(f"{path} is also an input: writing the {what} there would destroy it; give another name")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SpecdetError(f"cannot write the {what} to {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SpecdetError(f"cannot write the {what} to {path}: {ancestor} is not writable")
+    return path

@@ -13,7 +13,17 @@ import numpy as np
 
 from specdet.errors import SpecdetError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+def _readable_suffixes() -> frozenset[str]:
+    """Raster formats photos come in, as far as this Pillow can open them (AVIF needs Pillow 11.2+, say)."""
+    from PIL import Image
+
+    wanted = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp", ".avif",
+              ".ico", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k"}
+    openable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return frozenset(wanted & openable)
+
+
+IMAGE_SUFFIXES = _readable_suffixes()
 
 # scikit-image's bundled photos (no download): colour, grayscale and one RGBA.
 SAMPLE_PHOTOS = (
@@ -25,12 +35,14 @@ SAMPLE_PHOTOS = (
 def collect_images(paths: Sequence[Path]) -> list[Path]:
     """Files as given, folders expanded to the images under them (sorted).
 
-    A path that does not exist is kept, so that scoring reports it as skipped.
+    A path that does not exist is kept, and so is anything in a folder that
+    is named like an image but is not a regular file (a FIFO, a broken link):
+    scoring reports each as skipped instead of dropping it without a word.
     """
     files = []
     for path in paths:
         if path.is_dir():
-            found = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             files.extend(sorted(found, key=str))
         else:
             files.append(path)

@@ -150,12 +150,11 @@ def test_no_arguments_runs_the_builtin_default(tiny_checkpoint, tiny_onnx, tmp_p
         (["{pth}", "--backends", "tensorrt"], "--backends tensorrt has nothing to run"),
         (["{onnx_alone}"], "accuracy is measured against the PyTorch checkpoint"),
         (["{pth}", "--images", "{missing}"], "image folder {missing} not found"),
-        (["{pth}", "--threads", "0"], "--threads 0"),
         (["{pth}", "{onnx}", "--backends", "torch-fp32"],
          "nothing selected runs tiny.onnx here (--backends names none of onnxruntime-cpu, onnxruntime-cuda)"),
     ],
     ids=["backend", "artifact", "batch-range", "batch-syntax", "batch-zero", "two-models", "no-engine",
-         "no-reference", "images", "threads", "unrun-file"],
+         "no-reference", "images", "unrun-file"],
 )
 def test_argument_errors_are_one_line(argv, message, tiny_checkpoint, tiny_onnx, tmp_path, capsys):
     alone = tmp_path / "alone"

@@ -34,7 +34,7 @@ _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 def build_parser() -> argparse.ArgumentParser:
     # Every default is SUPPRESS, so the namespace holds only what was given:
     # that is what overrides the recipe and, on --resume, the saved run.
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="detect-train", argument_default=argparse.SUPPRESS,
         description="Train a detector on real/fake folders (CNNDetection layouts), keep the best epoch by "
         "validation AP with a calibrated threshold, or evaluate a checkpoint per source.",
@@ -51,24 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--resume", metavar="STATE", help="continue the run whose NAME.state.pth this is")
 
     recipe = parser.add_argument_group("recipe (default: the model family's)")
-    recipe.add_argument("--epochs", type=int, help=_defaults("epochs"))
-    recipe.add_argument("--batch-size", type=int, help=f"per process; {_defaults('batch_size')}")
-    recipe.add_argument("--lr", type=float, help=f"{_defaults('lr')} ({_defaults('optimizer')})")
-    recipe.add_argument("--weight-decay", type=float, help=_defaults("weight_decay"))
-    recipe.add_argument("--grad-clip", type=float, help=f"largest gradient norm, 0: off; {_defaults('grad_clip')}")
+    recipe.add_argument("--epochs", type=cli.int_range(1, 100_000), help=_defaults("epochs"))
+    recipe.add_argument("--batch-size", type=cli.BATCH, help=f"per process; {_defaults('batch_size')}")
+    recipe.add_argument("--lr", type=cli.number_range(0.0, 10.0, above=True), help=f"{_defaults('lr')} ({_defaults('optimizer')})")
+    recipe.add_argument("--weight-decay", type=cli.number_range(0.0, 10.0), help=_defaults("weight_decay"))
+    recipe.add_argument("--grad-clip", type=cli.number_range(0.0), help=f"largest gradient norm, 0: off; {_defaults('grad_clip')}")
     recipe.add_argument("--stages", type=_stages, metavar="B,J,F",
                         help="dual-branch staged schedule: epochs of branches only, joint, fusion only")
     recipe.add_argument("--seed", type=int, help="default 0")
-    recipe.add_argument("--blur-prob", type=float, help="Gaussian blur augmentation probability (default 0.5)")
-    recipe.add_argument("--jpeg-prob", type=float, help="JPEG augmentation probability (default 0.5)")
+    recipe.add_argument("--blur-prob", type=cli.PROBABILITY, help="Gaussian blur augmentation probability (default 0.5)")
+    recipe.add_argument("--jpeg-prob", type=cli.PROBABILITY, help="JPEG augmentation probability (default 0.5)")
     recipe.add_argument("--calibrate-fpr", type=_fpr, metavar="F|none",
                         help="threshold at this false-positive rate on the validation reals (default 0.05; "
                         "none: 0.5); with --eval-only, on the reals of --data")
 
     machine = parser.add_argument_group("machine")
-    machine.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
-    machine.add_argument("--workers", type=int, help="data-loading processes per training process")
-    machine.add_argument("--threads", type=int, help="CPU threads for the model's ops (default: PyTorch's)")
+    machine.add_argument("--device", type=_device, help="cuda, cuda:N or cpu (default: cuda when available)")
+    machine.add_argument("--workers", type=cli.int_range(0, 256), help="data-loading processes per training process")
+    machine.add_argument("--threads", type=cli.THREADS, help="CPU threads for the model's ops (default: PyTorch's)")
     machine.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on GPUs that support it, else fp16; "
                          "fp32 on the CPU")
     machine.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval-only", metavar="CHECKPOINT", help="evaluate this checkpoint on --data, per source")
-    evaluation.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
+    evaluation.add_argument("--threshold", type=cli.PROBABILITY, help="decision threshold (default: the checkpoint's)")
     evaluation.add_argument("--report", metavar="PREFIX", help="also write PREFIX.json and PREFIX.md")
     parser.set_defaults(debug=False)
     cli.add_debug_flag(parser)
@@ -100,6 +100,13 @@ def _stages(text: str) -> tuple[int, int, int]:
     if len(stages) != 3:
         raise argparse.ArgumentTypeError(f"expected three epoch counts like 2,6,2, got {text!r}")
     return stages
+
+
+def _device(text: str) -> str:
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device this trainer runs on: give cpu, cuda or cuda:N")
+    return text
 
 
 def _fpr(text: str) -> float | None:

@@ -25,6 +25,7 @@ import torch
 from specdet import checkpoint
 from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
+from specdet.files import check_output
 from specdet.models import create_model, default_preprocessing
 from specdet.train import distributed, schedule
 from specdet.train.augment import Augment
@@ -47,6 +48,11 @@ class Outcome:
 
 def train(config: TrainConfig, resume: dict[str, Any] | None = None) -> Outcome:
     """Train ``config``; ``resume`` is a state from :func:`specdet.train.state.load_state`."""
+    # Every output is checked now, not after the first epoch has trained.
+    inputs = tuple(p for p in (config.data, config.val) if p)
+    for path, what in ((config.output, "checkpoint"), (state_path(config.output), "resume state"),
+                       (log_path(config.output), "training log")):
+        check_output(path, what, inputs=inputs)
     world = distributed.setup(config.device, config.threads)
     try:
         return _Trainer(config, world, resume).run()

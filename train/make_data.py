@@ -43,6 +43,7 @@ from PIL import Image
 from specdet import cli
 from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
+from specdet.files import check_output
 
 # Bundled photographs (no download); validation ones are never used for training.
 TRAIN_PHOTOS = (
@@ -174,7 +175,7 @@ def _write_pair(
 
 
 def _make(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = check_output(args.out, "data set", folder=True)
     existing = [out / split for split in ("train", "val") if (out / split).exists()]
     if existing and not args.overwrite:
         raise SpecdetError(f"{existing[0]} already exists: pick another folder or pass --overwrite")
@@ -188,14 +189,14 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="detect-make-data",
         description="Write a real/fake demo set: crops of photographs bundled with scikit-image and scikit-learn, "
         "and fakes made from them by transposed-convolution upsampling or a random generator decoder.",
     )
     parser.add_argument("out", help="folder to write train/ and val/ into")
-    parser.add_argument("--train-crops", type=int, default=800, help="training crops; each gives a real and a fake")
-    parser.add_argument("--val-crops", type=int, default=200, help="validation crops (held-out photographs)")
+    parser.add_argument("--train-crops", type=cli.int_range(1, 1_000_000), default=800, help="training crops; each gives a real and a fake")
+    parser.add_argument("--val-crops", type=cli.int_range(1, 1_000_000), default=200, help="validation crops (held-out photographs)")
     parser.add_argument("--size", type=int, default=256, help="crop side in pixels, a multiple of 4 (default 256)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace OUT/train and OUT/val if they exist")

@@ -1,0 +1,249 @@
+"""Hostile input to the command-line tools: no crash, no hang, no silent wrong answer, nothing lost.
+
+Grouped by class; each class holds the cases reported against it and
+siblings of them. Scoring runs on the stand-in tiny checkpoint (conftest).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from specdet import checkpoint
+from specdet.runtime import cli as predict_cli
+
+preprocess_module = importlib.import_module("specdet.runtime.preprocess")
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header claims ``width x height`` (a decompression bomb's header, without the bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def good_dir(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"good{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory) -> Path:
+    """A registered detector (the stand-in registry of conftest does not reach a subprocess)."""
+    from specdet.models import create_model
+
+    torch.manual_seed(0)
+    return checkpoint.save(create_model("dual_branch_tiny"), tmp_path_factory.mktemp("real") / "dual.pth")
+
+
+def _run_predict(*argv, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "specdet.runtime.cli", *map(str, argv)], capture_output=True,
+                          timeout=300, check=False, **options)
+
+
+def _predict(argv, capsys):
+    code = predict_cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- lost work: one bad file must cost that file only --------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "reason"), [((30000, 30000), "decompression bomb"), ((65000, 65000), "decompression bomb"),
+                                              ((9000, 9000), "megapixels, above the limit")])
+def test_a_bomb_in_a_folder_is_skipped_and_the_rest_scored(tiny_checkpoint, good_dir, capsys, size, reason):
+    _png_header_only(good_dir / "bomb.png", *size)
+    code, out, err = _predict([tiny_checkpoint, good_dir, "--json"], capsys)
+    assert code == 1
+    assert len(__import__("json").loads(out)) == 4
+    (line,) = err.splitlines()
+    assert line.startswith("skipped ") and "bomb.png" in line and reason in line
+
+
+def test_an_extreme_strip_is_refused_before_it_is_resized(tiny_checkpoint, good_dir, capsys):
+    Image.fromarray(np.zeros((200000, 2), np.uint8)).save(good_dir / "strip.png")  # 0.4 megapixels, 160 once resized
+    code, out, err = _predict([tiny_checkpoint, good_dir, "--csv"], capsys)
+    assert code == 1 and len(out.splitlines()) == 1 + 4
+    assert "strip.png" in err and "resized to" in err and "megapixels" in err
+
+
+def test_the_pixel_limit_is_configurable():
+    image = Image.new("RGB", (300, 200))
+    spec = {"resize": None, "crop": 32, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "bicubic"}
+    assert preprocess_module.preprocess([image], spec).shape == (1, 3, 32, 32)
+    with pytest.raises(preprocess_module.ImageError, match="above the limit of 0.1"):
+        preprocess_module.preprocess([image], spec, max_pixels=50_000)
+
+
+def test_a_memory_error_while_decoding_skips_that_file(tiny_checkpoint, good_dir, capsys, monkeypatch):
+    real_load = Image.Image.load
+
+    def load(self):
+        if getattr(self, "filename", "").endswith("good2.png"):
+            raise MemoryError
+        return real_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", load)
+    code, out, err = _predict([tiny_checkpoint, good_dir], capsys)
+    assert code == 1 and len(out.splitlines()) == 1 + 3 and "good2.png: not enough memory" in err
+
+
+# ---- hangs: only regular files are opened ---------------------------------------------------------
+
+
+def test_a_fifo_named_like_an_image_is_reported_not_opened(real_checkpoint, good_dir):
+    os.mkfifo(good_dir / "x.jpg")
+    os.symlink(good_dir / "gone.png", good_dir / "dangling.png")
+    done = _run_predict(real_checkpoint, good_dir, text=True)  # a blocking open would hit the timeout
+    assert done.returncode == 1, done.stderr
+    assert "x.jpg: not a regular file" in done.stderr and "dangling.png: a broken link" in done.stderr
+    assert len(done.stdout.splitlines()) == 1 + 4
+
+
+# ---- silently wrong: thresholds ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [5, -0.1, float("nan"), float("inf"), "high", None, [0.5], True])
+def test_a_checkpoint_with_a_bad_threshold_is_refused(tiny_checkpoint, good_dir, capsys, threshold):
+    content = torch.load(tiny_checkpoint, weights_only=True)
+    content["threshold"] = threshold
+    torch.save(content, tiny_checkpoint)
+    code, out, err = _predict([tiny_checkpoint, good_dir], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "a threshold is a probability from 0 to 1" in err
+
+
+def test_saving_a_bad_threshold_is_refused(tiny_models, tmp_path):
+    from conftest import TinyConfig, TinyDetector
+
+    with pytest.raises(checkpoint.SpecdetError, match="probability from 0 to 1"):
+        checkpoint.save(TinyDetector(TinyConfig()), tmp_path / "t.pth", threshold=float("nan"))
+    assert not (tmp_path / "t.pth").exists()
+
+
+# ---- output: formula injection, undecodable and multi-line names, full disks ------------------------
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(tiny_checkpoint, good_dir, capsys, monkeypatch):
+    monkeypatch.chdir(good_dir)
+    for name in ("=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(1).png"):
+        os.link(good_dir / "good0.png", good_dir / name)
+    code, out, _ = _predict([tiny_checkpoint, "--csv", "--", "=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(1).png"], capsys)
+    assert code == 0
+    cells = [line.split(",")[0] for line in out.splitlines()[1:]]
+    assert cells == ["'=HYPERLINK(1).png", "'+1.png", "'-2.png", "'@SUM(1).png"]
+
+
+def test_undecodable_and_multi_line_names_print_on_one_line(real_checkpoint, good_dir):
+    raw = os.fsencode(good_dir) + b"/caf\xe9.png"  # Latin-1 bytes: not UTF-8
+    with open(raw, "wb") as file:
+        file.write((good_dir / "good0.png").read_bytes())
+    (good_dir / "two\nlines.png").write_bytes(b"not a png")
+    for form in ("--csv", None):
+        done = _run_predict(real_checkpoint, good_dir, *([form] if form else []),
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+        assert done.returncode == 1, done.stderr
+        assert b"caf\\xe9.png" in done.stdout
+        (skipped,) = done.stderr.decode().splitlines()
+        assert "two\\nlines.png" in skipped
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(real_checkpoint, good_dir):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "specdet.runtime.cli", str(real_checkpoint), str(good_dir), "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+    assert done.returncode == 2 and "No space left on device" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# ---- crashes get their own exit code -----------------------------------------------------------------
+
+
+def test_an_internal_error_is_one_line_and_exit_3(tiny_checkpoint, good_dir, capsys, monkeypatch):
+    from specdet.runtime.detector import Detector
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(Detector, "predict_files", broken)
+    code, out, err = _predict([tiny_checkpoint, good_dir], capsys)
+    assert code == 3 and out == ""
+    assert err.strip().endswith("(rerun with --debug for the traceback and report it)") and len(err.splitlines()) == 1
+    with pytest.raises(RuntimeError):
+        predict_cli.main([str(tiny_checkpoint), str(good_dir), "--debug"])
+
+
+# ---- arguments: sane ranges, one line ------------------------------------------------------------------
+
+ARGUMENT_CASES = [
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--threads", "0"], "--threads: 0 is out of range"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--threads", "-1"], "--threads: -1 is out of range"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--threads", "100000"], "--threads: 100000 is out of range"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--batch-size", "0"], "--batch-size: 0 is out of range"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--no-such-flag"], "unrecognized arguments"),
+    ("specdet.export.cli", ["m.pth", "--opset", "999"], "--opset: 999 is out of range"),
+    ("specdet.export.cli", ["m.pth", "--max-batch", "100000000000"], "--max-batch: 100000000000 is out of range"),
+    ("specdet.export.cli", ["m.pth", "--fp16-tolerance", "nan"], "--fp16-tolerance: nan is out of range"),
+    ("specdet.train.cli", ["--arch", "a", "--data", "d", "--lr", "-1"], "--lr: -1 is out of range"),
+    ("specdet.train.cli", ["--arch", "a", "--data", "d", "--threads", "0"], "--threads: 0 is out of range"),
+    ("specdet.train.cli", ["--arch", "a", "--data", "d", "--device", "tpu"], "'tpu' is not a device"),
+    ("specdet.train.cli", ["--arch", "a", "--data", "d", "--epochs", "0"], "--epochs: 0 is out of range"),
+    ("specdet.train.make_data", ["out", "--train-crops", "-1"], "--train-crops: -1 is out of range"),
+    ("specdet.train.make_data", ["out", "--train-crops", "0"], "--train-crops: 0 is out of range"),
+    ("specdet.benchmarks.cli", ["--iters", "0"], "--iters: 0 is out of range"),
+    ("specdet.benchmarks.cli", ["--seconds", "-3"], "--seconds: -3 is out of range"),
+    ("specdet.benchmarks.cli", ["--threads", "100000"], "--threads: 100000 is out of range"),
+    ("specdet.export.build_cli", ["m.onnx", "--workspace", "0"], "--workspace: 0 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("module", "argv", "message"), ARGUMENT_CASES)
+def test_bad_arguments_are_one_line_with_a_pointer_to_help(module, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and message in err and err.rstrip().endswith("--help)")
+
+
+# ---- outputs are checked before the work starts ---------------------------------------------------------
+
+
+def test_outputs_are_refused_before_any_work(tmp_path, capsys):
+    from specdet.benchmarks import cli as bench_cli
+    from specdet.train import cli as train_cli, make_data
+
+    folder, file = tmp_path / "folder", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("x")
+    data = tmp_path / "data"
+    (data / "0_real").mkdir(parents=True)
+    (data / "1_fake").mkdir(parents=True)
+    assert train_cli.main(["--arch", "dual_branch_tiny", "--data", str(data), "-o", str(folder), "--device", "cpu"]) == 2
+    assert "is a folder: give a file name for the checkpoint" in capsys.readouterr().err
+    assert train_cli.main(["--arch", "dual_branch_tiny", "--data", str(data), "-o", str(file / "m.pth"), "--device", "cpu"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert bench_cli.main(["--out", str(file)]) == 2
+    assert "is a file: give a folder for the benchmark report" in capsys.readouterr().err
+    assert make_data.main([str(file)]) == 2
+    assert "is a file: give a folder for the data set" in capsys.readouterr().err
