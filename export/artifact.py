@@ -97,7 +97,7 @@ def export_checkpoint(
 
 
 def _require_fp16() -> None:
-    from specdet.export.precision import require_converter
+    from specdet.export.fp16 import require_converter
 
     require_converter()
 
@@ -116,13 +116,13 @@ def convert_to_fp16(
 
     FP32 islands are chosen by measurement on calibration images (``calibration``:
     a folder, ``count`` images spread over it; default: scikit-image's sample
-    photos). Returns the :class:`~specdet.export.precision.PrecisionReport`,
+    photos). Returns the :class:`~specdet.export.fp16.PrecisionReport`,
     also written into the manifest (``fp32_islands``, ``fp16``).
     ``keep_parent=False`` when the FP32 file is a temporary (the manifest then
     names the checkpoint as parent).
     """
     import onnx
-    from specdet.export import precision as fp16
+    from specdet.export import fp16
 
     _require_fp16()
     source = Path(onnx_path)
