@@ -46,8 +46,9 @@ class ExportResult:
     output_names: list[str]
     max_batch: int
     validation: ValidationReport
-    seconds: float
+    seconds: float  # every stage, start to finish
     precision: object = None  # FP16 exports: specdet.export.fp16.PrecisionReport
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage, when there are several
 
     @property
     def size_bytes(self) -> int:

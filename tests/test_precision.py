@@ -8,6 +8,7 @@ islands) and ONNX DFT nodes (forced FP32).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,26 @@ def test_overflow_becomes_a_range_island(tmp_path):
     assert np.abs(result["probability"] - reference["probability"]).max() <= DEFAULT_TOLERANCE
 
 
+def test_storage_twin_leaves_the_model_unchanged_also_when_it_fails(tmp_path, monkeypatch):
+    converted = convert_to_fp16(_export(_Scored(_Spectrum(), 3), tmp_path / "twin.onnx"), [])
+    before = converted.SerializeToString()
+    twin = onnx.load_from_string(storage_twin(converted))
+    assert converted.SerializeToString() == before
+    assert sum(n.name.endswith("__round") for n in twin.graph.node) > 2  # the twin has its rounding nodes
+    make_node, calls = onnx.helper.make_node, []
+
+    def fails_on_the_third_call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:  # some outputs renamed and nodes made by then, none added yet
+            raise RuntimeError("injected")
+        return make_node(*args, **kwargs)
+
+    monkeypatch.setattr(onnx.helper, "make_node", fails_on_the_third_call)
+    with pytest.raises(RuntimeError, match="injected"):
+        storage_twin(converted)
+    assert converted.SerializeToString() == before
+
+
 def test_dft_nodes_stay_fp32(tmp_path):
     model = _export(_Scored(_Spectrum(), 3), tmp_path / "dft.onnx", fft="dft")
     assert any(n.op_type == "DFT" for n in model.graph.node)
@@ -239,6 +260,12 @@ def test_cli_exports_a_checkpoint_in_fp16(tmp_path, capsys):
     assert code == 0, stdout
     assert "fp16" in stdout and "stay FP32" in stdout and "decision agreement" in stdout
     manifest = json.loads(manifest_path(out).read_text())
+    # The time printed is the whole job: the FP32 export and the conversion (its longest step), each given too.
+    timing = re.search(r" in ([\d.]+) s \(FP32 export ([\d.]+) s, FP16 conversion ([\d.]+) s\)$", stdout.splitlines()[0])
+    assert timing, stdout.splitlines()[0]
+    total, export, conversion = map(float, timing.groups())
+    assert abs(total - export - conversion) <= 0.15  # each rounded to 0.1 s
+    assert conversion >= manifest["fp16"]["seconds"] - 0.05 and export > 0
     assert manifest["precision"] == "fp16" and manifest["batch"]["max"] == 2
     assert manifest["parent"]["path"].endswith("rine_ssca_tiny.pth")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rine-fp16.json", "rine-fp16.onnx"]  # no FP32 leftovers
@@ -261,7 +288,10 @@ def test_cli_converts_an_exported_onnx_file(tmp_path, capsys):
     code, stdout, _ = _cli([str(source), "--precision", "fp16", "--calibration", str(photos), "--quiet"], capsys)
     assert code == 0
     assert "3 calibration images" in stdout
-    assert read_manifest(tmp_path / "m-fp16.onnx")["precision"] == "fp16"
+    manifest = read_manifest(tmp_path / "m-fp16.onnx")
+    assert manifest["precision"] == "fp16"
+    seconds = float(re.search(r"\(.*fp16\) in ([\d.]+) s$", stdout.splitlines()[0]).group(1))
+    assert seconds >= manifest["fp16"]["seconds"] - 0.05  # the conversion with its checks and writing
 
 
 @pytest.mark.parametrize("argv, message", [
