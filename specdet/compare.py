@@ -15,6 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from specdet.errors import SpecdetError
+
 
 @dataclasses.dataclass(frozen=True)
 class Agreement:
@@ -27,7 +29,7 @@ class Agreement:
     mean_logit_diff: float | None
     decision_agreement: float  # fraction of images with the same decision (1.0 for no image)
     flipped: tuple[int, ...]  # indices of the images whose decisions differ, non-finite ones included
-    nonfinite: int  # images with an output that is not finite
+    nonfinite: tuple[int, ...]  # indices of the images with an output that is not finite
 
     @property
     def disagreements(self) -> int:
@@ -35,7 +37,13 @@ class Agreement:
 
     @property
     def finite(self) -> bool:
-        return self.nonfinite == 0
+        return not self.nonfinite
+
+    def finite_images(self) -> np.ndarray:
+        """Per image: whether it counts in the differences (every output finite)."""
+        mask = np.ones(self.images, dtype=bool)
+        mask[list(self.nonfinite)] = False
+        return mask
 
     def within(self, tolerance: float) -> bool:
         """Every output finite and no probability further than ``tolerance`` from the reference."""
@@ -43,15 +51,6 @@ class Agreement:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def finite_outputs(*outputs: np.ndarray | None) -> np.ndarray:
-    """Per image: whether every given array (probabilities, logits, of either side) is finite there."""
-    arrays = [np.asarray(a) for a in outputs if a is not None]
-    mask = np.ones(len(arrays[0]), dtype=bool)
-    for array in arrays:
-        mask &= np.isfinite(array)
-    return mask
 
 
 def absolute_differences(reference: np.ndarray, candidate: np.ndarray, finite: np.ndarray) -> np.ndarray:
@@ -76,10 +75,12 @@ def compare(
     """
     reference_probs, candidate_probs = np.asarray(reference_probs), np.asarray(candidate_probs)
     if reference_probs.shape != candidate_probs.shape or reference_probs.ndim != 1:
-        raise ValueError(f"probabilities must be two 1-D arrays of one length, got shapes "
-                         f"{reference_probs.shape} and {candidate_probs.shape}")
+        raise SpecdetError(f"cannot compare probabilities of shapes {reference_probs.shape} and "
+                           f"{candidate_probs.shape}: pass one 1-D array per side, of the same images")
     logits = reference_logits is not None and candidate_logits is not None
-    finite = finite_outputs(reference_probs, candidate_probs, *((reference_logits, candidate_logits) if logits else ()))
+    finite = np.isfinite(reference_probs) & np.isfinite(candidate_probs)
+    if logits:
+        finite &= np.isfinite(reference_logits) & np.isfinite(candidate_logits)
     agree = ((candidate_probs >= candidate_threshold) == (reference_probs >= reference_threshold)) & finite
     prob_diff = absolute_differences(reference_probs, candidate_probs, finite)
     logit_diff = absolute_differences(reference_logits, candidate_logits, finite) if logits else np.empty(0)
@@ -91,7 +92,7 @@ def compare(
         mean_logit_diff=_mean(logit_diff),
         decision_agreement=float(np.mean(agree)) if len(agree) else 1.0,
         flipped=tuple(int(i) for i in np.flatnonzero(~agree)),
-        nonfinite=int(np.sum(~finite)),
+        nonfinite=tuple(int(i) for i in np.flatnonzero(~finite)),
     )
 
 

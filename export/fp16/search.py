@@ -121,7 +121,7 @@ def to_fp16(
     trials = [Trial("", measured, kept_fp16=False)]
     if not measured.within(tolerance):
         miss = (f"largest probability difference {measured.max_prob_diff:.3g} > {tolerance:g}" if measured.finite
-                else f"outputs that are not finite on {measured.nonfinite} of {measured.images} images")
+                else f"outputs that are not finite on {len(measured.nonfinite)} of {measured.images} images")
         raise SpecdetError(
             f"FP16 misses the tolerance even with every sensitive op in FP32: {miss} on the calibration images; "
             "export in FP32, or raise --fp16-tolerance"
