@@ -49,9 +49,6 @@ class Agreement:
         """Every output finite and no probability further than ``tolerance`` from the reference."""
         return self.finite and (self.max_prob_diff or 0.0) <= tolerance
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def absolute_differences(reference: np.ndarray, candidate: np.ndarray, finite: np.ndarray) -> np.ndarray:
     """``|candidate - reference|`` (probabilities or logits) in float64, on the images where ``finite`` holds."""
