@@ -12,11 +12,11 @@ overflow) are counted, and count as disagreements.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from specdet.compare import absolute_differences, compare
 from specdet.runtime import Runner
 
 # Probability-difference histogram: decades from 1e-10 to 1, two bins each; exact zeros apart.
@@ -45,24 +45,21 @@ def score(
 
 
 def differences(reference: Outputs, candidate: Outputs, reference_threshold: float, threshold: float) -> dict:
-    """Absolute differences of logits and probabilities, and agreement of decisions."""
-    ref_decision = reference.probability >= reference_threshold
-    decision = candidate.probability >= threshold
-    finite = np.isfinite(candidate.logit) & np.isfinite(candidate.probability)
-    agree = (decision == ref_decision) & finite
-    logit_diff = np.abs(candidate.logit.astype(np.float64) - reference.logit)
-    prob_diff = np.abs(candidate.probability.astype(np.float64) - reference.probability)
+    """Absolute differences of logits and probabilities, and agreement of decisions (:func:`specdet.compare.compare`)."""
+    agreement = compare(reference.probability, candidate.probability, reference_threshold, threshold,
+                        reference_logits=reference.logit, candidate_logits=candidate.logit)
+    prob_diff = absolute_differences(reference.probability, candidate.probability, agreement.finite_images())
     return {
-        "images": int(len(reference.probability)),
+        "images": agreement.images,
         "threshold": float(threshold),
-        "logit_max_abs": _finite_max(logit_diff[finite]),
-        "logit_mean_abs": _finite_mean(logit_diff[finite]),
-        "probability_max_abs": _finite_max(prob_diff[finite]),
-        "probability_mean_abs": _finite_mean(prob_diff[finite]),
-        "decision_agreement": float(np.mean(agree)),
-        "disagreements": int(np.sum(~agree)),
-        "nonfinite_outputs": int(np.sum(~finite)),
-        "probability_diff_histogram": histogram(prob_diff[finite]),
+        "logit_max_abs": agreement.max_logit_diff,
+        "logit_mean_abs": agreement.mean_logit_diff,
+        "probability_max_abs": agreement.max_prob_diff,
+        "probability_mean_abs": agreement.mean_prob_diff,
+        "decision_agreement": agreement.decision_agreement,
+        "disagreements": agreement.disagreements,
+        "nonfinite_outputs": len(agreement.nonfinite),
+        "probability_diff_histogram": histogram(prob_diff),
     }
 
 
@@ -106,12 +103,3 @@ def detection_with_differences(metrics: dict, reference: dict) -> dict:
         "mean": diff(metrics["mean"], reference["mean"]),
         "per_source": {s: diff(m, reference["per_source"].get(s, {})) for s, m in metrics["per_source"].items()},
     }
-
-
-def _finite_max(values: np.ndarray) -> float | None:
-    return float(values.max()) if values.size else None
-
-
-def _finite_mean(values: np.ndarray) -> float | None:
-    value = float(values.mean()) if values.size else None
-    return None if value is None or math.isnan(value) else value

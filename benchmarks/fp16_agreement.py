@@ -2,9 +2,11 @@
 
 Both artifacts run through :class:`specdet.runtime.Detector` (each with the
 preprocessing and threshold of its own manifest) on every image of a folder;
-the report gives the decision agreement at the threshold, the largest and
-mean absolute probability differences, and per-source numbers for
-CNNDetection-style folders (``<source>/0_real|1_fake/...``).
+the report (:func:`specdet.compare.compare`) gives the decision agreement,
+each side at its own threshold, the largest and mean absolute probability
+differences, the images whose decisions differ or whose outputs are not
+finite, and per-source numbers for CNNDetection-style folders
+(``<source>/0_real|1_fake/...``).
 
     python -m specdet.benchmarks.fp16_agreement model.onnx model-fp16.onnx ../shared/data/cnndetection-thumbs \
         --out result.json
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from specdet import cli
+from specdet.compare import compare as compare_scores
 from specdet.errors import SpecdetError
 from specdet.images import folder_images
 from specdet.versions import library_versions
@@ -40,14 +43,15 @@ def compare(reference: str, candidate: str, folder: str, *, batch_size: int = 8,
         raise SpecdetError("no image could be scored by both artifacts")
     p_ref = np.array([k[1] for k in kept], dtype=np.float64)
     p_new = np.array([k[2] for k in kept], dtype=np.float64)
-    threshold = ref_detector.threshold
-    agree = (p_ref >= threshold) == (p_new >= threshold)
-    diff = np.abs(p_new - p_ref)
+    threshold, candidate_threshold = ref_detector.threshold, new_detector.threshold
+    overall = compare_scores(p_ref, p_new, threshold, candidate_threshold)
     root = Path(folder)
     sources: dict[str, list[int]] = {}
     for i, (path, _, _) in enumerate(kept):
         parts = path.relative_to(root).parts
         sources.setdefault(parts[0] if len(parts) > 2 else ".", []).append(i)
+    per_source = {name: compare_scores(p_ref[idx], p_new[idx], threshold, candidate_threshold)
+                  for name, idx in sorted(sources.items())}
     return {
         "reference": str(reference),
         "candidate": str(candidate),
@@ -55,16 +59,17 @@ def compare(reference: str, candidate: str, folder: str, *, batch_size: int = 8,
         "images": len(kept),
         "skipped": len(files) - len(kept),
         "threshold": threshold,
-        "candidate_threshold": new_detector.threshold,
-        "decision_agreement": float(agree.mean()),
-        "disagreements": [str(kept[i][0]) for i in np.flatnonzero(~agree)],
-        "max_prob_diff": float(diff.max()),
-        "mean_prob_diff": float(diff.mean()),
+        "candidate_threshold": candidate_threshold,
+        "decision_agreement": overall.decision_agreement,
+        "disagreements": [str(kept[i][0]) for i in overall.flipped],
+        "max_prob_diff": overall.max_prob_diff,
+        "mean_prob_diff": overall.mean_prob_diff,
+        "nonfinite": [str(kept[i][0]) for i in overall.nonfinite],
         "reference_prob_range": [float(p_ref.min()), float(p_ref.max())],
         "fake_rate_reference": float((p_ref >= threshold).mean()),
         "per_source": {
-            name: {"images": len(idx), "decision_agreement": float(agree[idx].mean()), "max_prob_diff": float(diff[idx].max())}
-            for name, idx in sorted(sources.items())
+            name: {"images": a.images, "decision_agreement": a.decision_agreement, "max_prob_diff": a.max_prob_diff}
+            for name, a in per_source.items()
         },
         "versions": library_versions(),
     }
@@ -83,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args: argparse.Namespace) -> int:
         result = compare(args.reference, args.candidate, args.folder, batch_size=args.batch_size, limit=args.limit)
+        differences = ("none (no finite output)" if result["max_prob_diff"] is None else
+                       f"{result['max_prob_diff']:.2e} (mean {result['mean_prob_diff']:.2e})")
+        nonfinite = f", {len(result['nonfinite'])} not finite" if result["nonfinite"] else ""
         print(f"{result['images']} images: decision agreement {100 * result['decision_agreement']:.2f}% at threshold "
-              f"{result['threshold']:.4g}, largest probability difference {result['max_prob_diff']:.2e} "
-              f"(mean {result['mean_prob_diff']:.2e}); reference probabilities "
-              f"{result['reference_prob_range'][0]:.3f}..{result['reference_prob_range'][1]:.3f}, "
+              f"{result['threshold']:.4g}, largest probability difference {differences}{nonfinite}; reference "
+              f"probabilities {result['reference_prob_range'][0]:.3f}..{result['reference_prob_range'][1]:.3f}, "
               f"{100 * result['fake_rate_reference']:.1f}% called fake")
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -50,17 +51,21 @@ def export_checkpoint(
         raise SpecdetError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16":
         _require_fp16()
+        start = time.perf_counter()
         output = Path(output) if output is not None else Path(checkpoint).with_name(Path(checkpoint).stem + "-fp16.onnx")
         fp32 = output.with_name(f".{output.stem}.fp32.onnx")
         try:
             result = export_checkpoint(checkpoint, fp32, arch=arch, fft=fft, opset=opset, max_batch=max_batch,
                                        progress=progress)
+            exported = time.perf_counter()
             converted = convert_to_fp16(fp32, output, calibration=calibration, count=calibration_count,
                                         tolerance=fp16_tolerance, progress=progress, keep_parent=False)
         finally:
             fp32.unlink(missing_ok=True)
             manifest_path(fp32).unlink(missing_ok=True)
-        return dataclasses.replace(result, path=output, precision=converted)
+        done = time.perf_counter()
+        return dataclasses.replace(result, path=output, precision=converted, seconds=done - start,
+                                   stages={"FP32 export": exported - start, "FP16 conversion": done - exported})
     loaded = checkpoints.load(checkpoint, arch=arch)
     output = Path(output) if output is not None else Path(checkpoint).with_suffix(".onnx")
     crop = int(loaded.preprocessing["crop"])
@@ -97,7 +102,7 @@ def export_checkpoint(
 
 
 def _require_fp16() -> None:
-    from specdet.export.precision import require_converter
+    from specdet.export.fp16 import require_converter
 
     require_converter()
 
@@ -116,13 +121,13 @@ def convert_to_fp16(
 
     FP32 islands are chosen by measurement on calibration images (``calibration``:
     a folder, ``count`` images spread over it; default: scikit-image's sample
-    photos). Returns the :class:`~specdet.export.precision.PrecisionReport`,
+    photos). Returns the :class:`~specdet.export.fp16.PrecisionReport`,
     also written into the manifest (``fp32_islands``, ``fp16``).
     ``keep_parent=False`` when the FP32 file is a temporary (the manifest then
     names the checkpoint as parent).
     """
     import onnx
-    from specdet.export import precision as fp16
+    from specdet.export import fp16
 
     _require_fp16()
     source = Path(onnx_path)

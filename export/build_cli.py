@@ -52,7 +52,7 @@ def _build(args: argparse.Namespace) -> int:
           f"{result.library_version}, batch {batch['min']}:{batch['opt']}:{batch['max']}{targets}) "
           f"in {result.seconds:.1f} s")
     for plugin in result.plugins:
-        print(f"  plugin {plugin['path']}: {', '.join(op['name'] for op in plugin['ops'])}")
+        print(f"  plugin {plugin['name']} (sha256 {plugin['sha256'][:12]}...): {', '.join(plugin['ops'])}")
     return 0
 
 

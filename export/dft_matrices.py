@@ -3,7 +3,9 @@
 A length-``n`` DFT along one axis is a matrix product with
 ``exp(-2j*pi*k*t/n)``; its cosine and sine parts are built here in float64,
 with the phase ``k*t`` reduced modulo ``n`` in integers so that large sizes
-keep full precision, and cached per size.
+keep full precision, and cached per size. Each matrix is then rounded once
+to the dtype of the tensor it multiplies, which is how it is stored in an
+exported file.
 """
 
 from __future__ import annotations
@@ -35,8 +37,21 @@ def _cos_sin(rows: int, cols: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angle), np.sin(angle)
 
 
+# The NumPy type of each torch dtype a matrix can be stored in without a cast in the graph.
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+
+
 def _const(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).to(dtype=like.dtype, device=like.device)
+    """``array`` as a tensor of ``like``'s dtype and device, rounded in NumPy.
+
+    Under the exporter's trace, a torch conversion of a float64 constant is
+    an op like any other: the file would store the float64 matrix and cast it
+    on every run. Rounding before the tensor exists stores the matrix in the
+    precision the graph computes in. (bfloat16, which NumPy lacks, is left
+    to torch.)
+    """
+    stored = np.ascontiguousarray(array, dtype=_NUMPY_DTYPES.get(like.dtype, np.float64))
+    return torch.from_numpy(stored).to(dtype=like.dtype, device=like.device)
 
 
 def c2c_matrices(n: int, inverse: bool, norm: str | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

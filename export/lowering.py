@@ -247,8 +247,8 @@ _BINARY = {
 }
 
 
-# Ops linear in each of two tensor operands: complex products expand into four
-# real ones. Name -> position of the operands in the call.
+# Ops linear in each of two tensor operands, by name: complex products expand
+# into four real ones (see _bilinear for where each takes its operands).
 _BILINEAR = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum"}
 
 
@@ -290,7 +290,6 @@ def _binary(name: str, a: Any, b: Any, alpha: Any = 1) -> Any:
         real = l_re if isinstance(l_re, torch.Tensor) else torch.as_tensor(l_re)
         left = ComplexPair(real, torch.zeros_like(real) if l_im is None else torch.as_tensor(l_im))
     return getattr(left, operator)(as_pair_or_value(b))
-
 
 
 class ComplexLowering(TorchFunctionMode):

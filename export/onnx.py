@@ -46,8 +46,9 @@ class ExportResult:
     output_names: list[str]
     max_batch: int
     validation: ValidationReport
-    seconds: float
-    precision: object = None  # FP16 exports: specdet.export.precision.PrecisionReport
+    seconds: float  # every stage, start to finish
+    precision: object = None  # FP16 exports: specdet.export.fp16.PrecisionReport
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage, when there are several
 
     @property
     def size_bytes(self) -> int:
@@ -66,7 +67,7 @@ class _Lowered(torch.nn.Module):
             if self.fft == "plugin":
                 # Our spectral ops become specdet nodes; any other FFT code
                 # in the module gets the matmul lowering.
-                stack.enter_context(spectral.plugin_ops())
+                stack.enter_context(spectral.use_custom_ops())
             stack.enter_context(ComplexLowering("dft" if self.fft == "dft" else "matmul"))
             return self.module(x)
 

@@ -101,5 +101,5 @@ def register() -> None:
 def use_kernels() -> Iterator[None]:
     """Within this block the models' spectral ops call the custom ops, which run our kernels on CUDA tensors."""
     register()
-    with spectral.plugin_ops():
+    with spectral.use_custom_ops():
         yield

@@ -3,10 +3,13 @@
 Every op here is written with ``torch.fft``: that is the reference and the
 training path. The other FFT modes (``dft``, ``matmul``) are not written per
 op: the exporter (``specdet.export.lowering``) lowers any ``torch.fft`` code,
-these ops included, to real arithmetic. The ``plugin`` mode needs each op as one
-named node, so inside :func:`plugin_ops` every op calls its ``torch.library``
-custom op (``specdet::band_split``, ``specdet::spectrum_magnitude_mean``),
-which the exporter turns into a node of the ``specdet`` ONNX domain.
+these ops included, to real arithmetic. Inside :func:`use_custom_ops` every op
+calls its ``torch.library`` custom op instead (``specdet::band_split``,
+``specdet::spectrum_magnitude_mean``): the exporter's ``plugin`` mode turns
+each call into one node of the ``specdet`` ONNX domain, and
+``specdet.kernels.torch_ops`` gives the custom ops our CUDA kernels. The
+choice is per thread (and per asyncio task), so one thread exporting in
+plugin mode does not change what another one runs.
 
 Ops:
 - :func:`band_split`: image ``[B, C, H, W]`` to radial frequency bands
@@ -20,6 +23,7 @@ Ops:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Iterator, Sequence
 
@@ -111,24 +115,26 @@ def spectrum_magnitude_mean_reference(x: torch.Tensor) -> torch.Tensor:
     return torch.fft.rfft2(_fft_precision(x), norm="ortho").abs().mean(dim=(-2, -1))
 
 
-# --- plugin mode: each op as one torch custom op, exported as one ONNX node ---
+# --- each op as one torch custom op: one ONNX node in plugin mode, our CUDA kernels with use_kernels ---
 
-_PLUGIN_OPS = False
+# A context variable, not a module global: each thread starts with the
+# default (torch.fft), so concurrent exports and scoring do not see each
+# other's choice.
+_CUSTOM_OPS: contextvars.ContextVar[bool] = contextvars.ContextVar("specdet_custom_ops", default=False)
 
 
 @contextlib.contextmanager
-def plugin_ops() -> Iterator[None]:
-    """Within this block the ops call their ``specdet::`` custom ops."""
-    global _PLUGIN_OPS
-    previous, _PLUGIN_OPS = _PLUGIN_OPS, True
+def use_custom_ops() -> Iterator[None]:
+    """Within this block (in this thread or task) the ops call their ``specdet::`` custom ops."""
+    token = _CUSTOM_OPS.set(True)
     try:
         yield
     finally:
-        _PLUGIN_OPS = previous
+        _CUSTOM_OPS.reset(token)
 
 
-def plugin_ops_enabled() -> bool:
-    return _PLUGIN_OPS
+def custom_ops_enabled() -> bool:
+    return _CUSTOM_OPS.get()
 
 
 @torch.library.custom_op("specdet::band_split", mutates_args=())
@@ -163,13 +169,13 @@ def band_split(x: torch.Tensor, masks: torch.Tensor, edges: Sequence[float], cen
     and pass the edges too, so that the plugin node can carry them as
     attributes.
     """
-    if _PLUGIN_OPS:
+    if _CUSTOM_OPS.get():
         return torch.ops.specdet.band_split(x, [float(e) for e in edges], centre)
     return band_split_reference(x, masks)
 
 
 def spectrum_magnitude_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean magnitude of the orthonormal rfft2 of each channel: ``[B, C, H, W]`` to ``[B, C]``."""
-    if _PLUGIN_OPS:
+    if _CUSTOM_OPS.get():
         return torch.ops.specdet.spectrum_magnitude_mean(x)
     return spectrum_magnitude_mean_reference(x)

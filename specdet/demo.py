@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from specdet import checkpoint, cli
+from specdet.compare import compare
 from specdet.export.artifact import export_checkpoint
 from specdet.images import SAMPLE_PHOTOS, sample_photos
 from specdet.export.onnx import FFT_MODES
@@ -26,6 +27,8 @@ from specdet.models import create_model
 from specdet.runtime import Detector
 
 DEMO_MODELS = ("dual_branch_tiny", "rine_ssca_tiny")
+
+
 def _score(detector: Detector, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     probabilities = detector.predict(images, batch_size=8)
@@ -41,20 +44,22 @@ def run_demo(out: Path, *, fft_modes: tuple[str, ...] = FFT_MODES, models: tuple
     for arch in models:
         torch.manual_seed(0)
         pth = checkpoint.save(create_model(arch), out / f"{arch}.pth", source="detect-demo (random init)")
-        reference, torch_seconds = _score(Detector(pth), images)
+        torch_detector = Detector(pth)
+        reference, torch_seconds = _score(torch_detector, images)
         for fft in fft_modes:
             print(f"exporting {arch} with --fft {fft} ...", file=sys.stderr, flush=True)
             result = export_checkpoint(pth, out / f"{arch}-{fft}.onnx", fft=fft, progress=False)
             onnx_detector = Detector(result.path)
             scores, onnx_seconds = _score(onnx_detector, images)
-            threshold = onnx_detector.threshold
+            agreement = compare(reference, scores, torch_detector.threshold, onnx_detector.threshold)
             rows.append({
                 "model": arch,
                 "fft": fft,
                 "onnx": result.path.name,
                 "size_mb": result.size_bytes / 1e6,
-                "max_abs_diff": float(np.abs(scores - reference).max()),
-                "agreement": float(np.mean((scores >= threshold) == (reference >= threshold))),
+                # A file with outputs that are not numbers is as far from PyTorch as can be.
+                "max_abs_diff": agreement.max_prob_diff if agreement.finite else float("inf"),
+                "agreement": agreement.decision_agreement,
                 "torch_ms": torch_seconds * 1e3,
                 "onnx_ms": onnx_seconds * 1e3,
             })

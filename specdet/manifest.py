@@ -15,7 +15,7 @@ batch range) instead of importing training code. Keys::
     fft_mode, precision, opset, parent {"path", "sha256"}, versions, validation, metadata
                            provenance, written by the exporter
     fp32_islands, fp16     FP16 files: the nodes left in FP32 (name, reason, nodes) and the
-                           measured agreement with the FP32 file (specdet.export.precision)
+                           measured agreement with the FP32 file (specdet.export.fp16)
     engine                 engines: backend, library version, compute capabilities, profile,
                            plugins, build time (specdet.export.engine)
 

@@ -7,6 +7,7 @@ skip without one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,8 @@ from onnx import helper
 import tiny_exports
 from specdet.errors import SpecdetError
 from specdet import tensorrt as trt_plugins
-from specdet.export import build_cli, engine
+from specdet.export import build_cli, engine, engine_stages
+from specdet.files import file_sha256
 from specdet.manifest import manifest_path, read_manifest, write_manifest
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'specdet[rtx]')")
@@ -152,6 +154,22 @@ def test_strip_plugin_fallbacks():
         trt_plugins.check_plugin_ops(model, [], "m.onnx")
 
 
+def test_manifest_names_plugin_libraries_by_file_name_and_hash(tmp_path, monkeypatch):
+    """Each library as {name, sha256, ops}: no path of the build machine, which the runtime could not use."""
+    library = tmp_path / "build" / "lib" / "libspecdet_trt_plugins.so"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"a stand-in for the plugin library: only its bytes matter here")
+    creators = [trt_plugins.PluginCreator("BandSplit", "1", "specdet"),
+                trt_plugins.PluginCreator("SpectrumMagnitudeMean", "1", "specdet")]
+    monkeypatch.setattr(trt_plugins, "load_plugin_libraries", lambda trt, paths: {str(p): creators for p in paths})
+    out = tmp_path / "p.engine"
+    result = engine.build_engine(tiny_exports.exported("rine_ssca_tiny", "matmul"), out, plugins=[library])
+    expected = [{"name": "libspecdet_trt_plugins.so", "sha256": hashlib.sha256(library.read_bytes()).hexdigest(),
+                 "ops": ["BandSplit", "SpectrumMagnitudeMean"]}]
+    assert read_manifest(out)["engine"]["plugins"] == expected and result.plugins == expected
+    assert str(library.parent) not in manifest_path(out).read_text()
+
+
 def test_plugin_op_without_its_library(tmp_path):
     source = tiny_exports.exported("dual_branch_tiny", "plugin")
     model = onnx.load(str(source))
@@ -190,7 +208,7 @@ def test_workspace_errors_are_recognised():
     class Logger:
         errors = ["[memory] Requested amount of GPU memory exceeds the workspace limit"]
 
-    error = engine._build_error(Logger(), trt, 1)
+    error = engine_stages._build_error(Logger(), trt, 1)
     assert "not enough workspace" in str(error) and "--workspace 1 MB" in str(error)
 
 
@@ -301,5 +319,7 @@ def test_cli_uses_the_plugin_library(tmp_path, capsys):
                            "--plugins", library]) == 0
     info = read_manifest(out)["engine"]
     assert info["plugin_ops_stripped"] == ["BandSplit"] and info["plugin_ops_inlined"] == []
-    assert {op["name"] for op in info["plugins"][0]["ops"]} >= {"BandSplit"}
+    (plugin,) = info["plugins"]
+    assert set(plugin) == {"name", "sha256", "ops"} and "BandSplit" in plugin["ops"]
+    assert plugin["name"] == os.path.basename(library) and plugin["sha256"] == file_sha256(library)
     assert out.stat().st_size < built("dual_branch_tiny", "plugin", "fp32").stat().st_size

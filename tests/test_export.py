@@ -7,6 +7,7 @@ is exported once per module of tests and the files are shared.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import nn
 from spectral_modules import AmplitudePhaseMix, FourierUnit, GlobalFilterNet, SpectralConv2d
 from specdet.errors import ExportValidationError, SpecdetError
 from specdet.export.onnx import ExportResult, export_onnx, resolve_fft
+from specdet.models import spectral
 from specdet.models.spectral import band_split, default_band_edges, radial_band_masks, spectrum_magnitude_mean
 
 ATOL = 1e-4
@@ -224,6 +226,51 @@ def test_plugin_file_runs_in_onnx_runtime_like_pytorch(plugin_export):
         np.testing.assert_allclose(g, e, atol=ATOL, rtol=0)
     # The bands sum back to the image.
     np.testing.assert_allclose(got[1], x.numpy(), atol=ATOL, rtol=0)
+
+
+class WaitsWhileTraced(nn.Module):
+    """A band split whose first forward under the plugin exporter waits until ``scored`` is set."""
+
+    def __init__(self, inside: threading.Event, scored: threading.Event):
+        super().__init__()
+        self.edges, self.inside, self.scored = default_band_edges(3), inside, scored
+        self.register_buffer("masks", radial_band_masks(12, 12, self.edges, "zero"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if spectral.custom_ops_enabled() and not self.inside.is_set():
+            self.inside.set()
+            self.scored.wait(timeout=120)
+        return band_split(x, self.masks, self.edges, "zero")
+
+
+def test_plugin_export_in_one_thread_leaves_another_thread_on_torch_fft(tmp_path):
+    """Scoring while another thread traces in plugin mode runs the torch.fft path (masks of zeros: zero bands)."""
+    inside, scored = threading.Event(), threading.Event()
+    module = WaitsWhileTraced(inside, scored).eval()
+    errors: list[BaseException] = []
+
+    def export() -> None:
+        try:
+            export_onnx(module, tmp_path / "bands.onnx", example_input=torch.randn(2, 3, 12, 12), fft="plugin",
+                        max_batch=2, progress=False)
+        except BaseException as err:  # re-raised in the test's thread
+            errors.append(err)
+        finally:
+            inside.set()
+
+    exporter = threading.Thread(target=export)
+    exporter.start()
+    try:
+        assert inside.wait(timeout=120) and not errors
+        x = torch.randn(1, 3, 12, 12)
+        bands = band_split(x, torch.zeros(4, 12, 12), module.edges, "zero")
+    finally:
+        scored.set()
+        exporter.join()
+    if errors:
+        raise errors[0]
+    assert torch.count_nonzero(bands) == 0
+    assert [n.op_type for n in onnx.load(str(tmp_path / "bands.onnx")).graph.node if n.domain == "specdet"] == ["BandSplit"]
 
 
 # --- failures leave nothing behind ---

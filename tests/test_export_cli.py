@@ -182,6 +182,22 @@ def test_onnx_file_has_a_dynamic_batch_and_the_mode_s_nodes(exported):
         assert specdet_ops == set() and not model.functions
 
 
+def test_no_float64_tensors(exported):
+    """Constants (the matmul lowering's DFT matrices above all) are stored in float32, the graph's precision.
+
+    Together with the validation against PyTorch at export (see the manifest
+    test) and the photos scored below, in every FFT mode of both models.
+    """
+    model = onnx.load(str(exported.onnx))
+    doubles = [i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.DOUBLE]
+    for nodes in (model.graph.node, *(f.node for f in model.functions)):
+        doubles += [n.output[0] for n in nodes if n.op_type == "Constant"
+                    and any(a.t.data_type == onnx.TensorProto.DOUBLE for a in n.attribute)]
+        doubles += [n.output[0] for n in nodes if n.op_type == "Cast"
+                    and any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in n.attribute)]
+    assert doubles == []
+
+
 def test_onnx_detector_scores_real_photos_like_the_checkpoint(exported, photos, torch_scores):
     detector = Detector(exported.onnx)
     assert detector.backend == "onnxruntime"

@@ -553,10 +553,19 @@ def test_dft_matrices_match_numpy(n, norm):
     np.testing.assert_allclose(-b, np.fft.irfft(1j * np.eye(bins), n=n, axis=0, norm=norm), rtol=0, atol=1e-12)
 
 
-def test_dft_matrices_follow_the_dtype_and_device_of_like():
-    like = torch.zeros((), dtype=torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dft_matrices_follow_the_dtype_and_device_of_like(dtype):
+    like = torch.zeros((), dtype=dtype)
     for matrix in (*dft_matrices.c2c_matrices(10, False, "ortho", like), *dft_matrices.c2r_matrices(9, None, like)):
-        assert matrix.dtype == torch.float32 and matrix.device == like.device
+        assert matrix.dtype == dtype and matrix.device == like.device
+    # Rounded once from the float64 matrix, as torch would round it.
+    cos, _ = dft_matrices.c2c_matrices(10, False, "ortho", like)
+    exact, _ = dft_matrices.c2c_matrices(10, False, "ortho", F64)
+    assert torch.equal(cos, exact.to(dtype))
+
+
+def test_dft_matrices_at_224_in_float32():
+    like = torch.zeros((), dtype=torch.float32)
     cos, sin = dft_matrices.r2c_matrices(224, "ortho", like)
     reference = np.fft.rfft(np.eye(224), axis=0, norm="ortho")
     np.testing.assert_allclose(cos.numpy(), reference.real, atol=1e-7, rtol=0)

@@ -6,7 +6,9 @@ meta device (no memory, no init cost) to check their size.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 
 import huggingface_hub
@@ -161,6 +163,36 @@ def test_spectrum_magnitude_mean_matches_numpy():
     x = torch.randn(2, 5, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     expected = np.abs(np.fft.rfft2(x.numpy(), norm="ortho")).mean(axis=(-2, -1))
     assert np.abs(spectrum_magnitude_mean(x).numpy() - expected).max() < 1e-12
+
+
+def test_custom_ops_are_chosen_per_thread():
+    """One thread inside use_custom_ops (a plugin export, say) leaves another thread on the torch.fft path.
+
+    The two paths are told apart by masks of zeros: the torch.fft path applies
+    the masks it is given (zero bands), the custom op builds its own from the
+    edges (bands that sum back to the input).
+    """
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    edges = spectral.default_band_edges(4)
+    zeros = torch.zeros(4, 16, 16)
+    both_inside = threading.Barrier(2, timeout=60)
+    seen: dict[str, tuple[bool, torch.Tensor]] = {}
+
+    def run(name: str, custom: bool) -> None:
+        with spectral.use_custom_ops() if custom else contextlib.nullcontext():
+            both_inside.wait()  # the other thread is in its own block now
+            seen[name] = (spectral.custom_ops_enabled(), band_split(x, zeros, edges, "zero"))
+            both_inside.wait()  # and stays there until this one has run
+
+    threads = [threading.Thread(target=run, args=("custom", True)), threading.Thread(target=run, args=("torch", False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen["custom"][0] and not seen["torch"][0]
+    assert torch.count_nonzero(seen["torch"][1]) == 0
+    torch.testing.assert_close(seen["custom"][1].sum(dim=1), x, atol=1e-5, rtol=0)
+    assert not spectral.custom_ops_enabled()
 
 
 @pytest.mark.parametrize(

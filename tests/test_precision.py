@@ -8,6 +8,7 @@ islands) and ONNX DFT nodes (forced FP32).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,12 @@ from onnx import numpy_helper
 
 import tiny_exports
 from specdet.errors import SpecdetError
-from specdet.export import cli, dft_matrices, precision
+from specdet.export import artifact, cli, dft_matrices
+from specdet.export.fp16 import DEFAULT_TOLERANCE, to_fp16
+from specdet.export.fp16.convert import convert_to_fp16
+from specdet.export.fp16.islands import find_groups, output_head
+from specdet.export.fp16.measure import run_model, storage_twin
+from specdet.export.fp16.spectral import is_dft_matrix
 from specdet.export.onnx import export_onnx
 from specdet.manifest import manifest_path, read_manifest
 from specdet.runtime import Detector
@@ -83,7 +89,7 @@ def test_manifest_records_islands_and_measured_error(arch, fft):
 def test_fp16_scores_photos_like_fp32(arch, fft, photos):
     fp32 = Detector(tiny_exports.exported(arch, fft)).predict(photos)
     fp16 = Detector(tiny_exports.exported(arch, fft, "fp16")).predict(photos)  # onnxruntime, below ORT_ENABLE_ALL
-    assert np.abs(fp16 - fp32).max() <= precision.DEFAULT_TOLERANCE
+    assert np.abs(fp16 - fp32).max() <= DEFAULT_TOLERANCE
 
 
 @pytest.mark.skipif(not THUMBS.is_dir(), reason=f"real photos not found at {THUMBS}")
@@ -99,7 +105,7 @@ def test_fp16_agrees_with_fp32_on_cnndetection_thumbs():
 
 def test_spectral_region_of_the_matmul_lowering():
     model = onnx.load(str(tiny_exports.exported("dual_branch_tiny", "matmul")))
-    groups = {g.name: g for g in precision.find_groups(model)}
+    groups = {g.name: g for g in find_groups(model)}
     spectral = groups["spectral"]
     assert not spectral.forced
     by_name = {n.name: n for n in model.graph.node}
@@ -107,6 +113,10 @@ def test_spectral_region_of_the_matmul_lowering():
     assert sum(by_name[n].op_type == "MatMul" for n in spectral.nodes) >= 8
     assert any(by_name[n].op_type == "Mul" for n in spectral.nodes)
     assert not any(by_name[n].op_type in ("Conv", "LayerNormalization") for n in spectral.nodes)
+    # The DFT matrices those products read are float32 weights, as the converter expects, not float64 casts.
+    weights = {i.name: i for i in model.graph.initializer}
+    matrices = {i for n in spectral.nodes if by_name[n].op_type == "MatMul" for i in by_name[n].input if i in weights}
+    assert len(matrices) >= 8 and all(weights[i].data_type == onnx.TensorProto.FLOAT for i in matrices)
 
 
 def test_dft_matrices_are_recognised():
@@ -114,11 +124,11 @@ def test_dft_matrices_are_recognised():
     for n in (16, 224, 17):
         for matrix in (*dft_matrices.r2c_matrices(n, "ortho", like), *dft_matrices.c2r_matrices(n, "ortho", like),
                        *dft_matrices.c2c_matrices(n, False, None, like)):
-            assert precision._is_dft_matrix(matrix.numpy())
-            assert precision._is_dft_matrix(matrix.numpy().T)
+            assert is_dft_matrix(matrix.numpy())
+            assert is_dft_matrix(matrix.numpy().T)
     rng = np.random.default_rng(0)
-    assert not precision._is_dft_matrix(rng.standard_normal((64, 64)).astype(np.float32))
-    assert not precision._is_dft_matrix(np.eye(32, dtype=np.float32) + 0.5)
+    assert not is_dft_matrix(rng.standard_normal((64, 64)).astype(np.float32))
+    assert not is_dft_matrix(np.eye(32, dtype=np.float32) + 0.5)
 
 
 class _Scored(torch.nn.Module):
@@ -166,22 +176,42 @@ def test_overflow_becomes_a_range_island(tmp_path):
     model = _export(_Scored(_Loud(), 4), tmp_path / "loud.onnx")
     batches = _batches()
     # Everything in FP16: the squares overflow.
-    naive = precision.convert_to_fp16(model, [])
-    out = precision.run_model(precision.storage_twin(naive), batches, "image", fp16=True, unoptimised=True)
+    naive = convert_to_fp16(model, [])
+    out = run_model(storage_twin(naive), batches, "image", fp16=True, unoptimised=True)
     assert not np.all(np.isfinite(out["logit"]))
-    converted, report = precision.to_fp16(model, batches, input_name="image", threshold=0.5, calibration="noise")
+    converted, report = to_fp16(model, batches, input_name="image", threshold=0.5, calibration="noise")
     islands = {g.name: g for g in report.islands}
     assert islands["range"].forced and islands["range"].nodes
-    assert report.agreement.finite and report.agreement.max_prob_diff <= precision.DEFAULT_TOLERANCE
-    reference = precision.run_model(model.SerializeToString(), batches, "image", fp16=False)
-    result = precision.run_model(converted.SerializeToString(), batches, "image", fp16=True)
-    assert np.abs(result["probability"] - reference["probability"]).max() <= precision.DEFAULT_TOLERANCE
+    assert report.agreement.finite and report.agreement.max_prob_diff <= DEFAULT_TOLERANCE
+    reference = run_model(model.SerializeToString(), batches, "image", fp16=False)
+    result = run_model(converted.SerializeToString(), batches, "image", fp16=True)
+    assert np.abs(result["probability"] - reference["probability"]).max() <= DEFAULT_TOLERANCE
+
+
+def test_storage_twin_leaves_the_model_unchanged_also_when_it_fails(tmp_path, monkeypatch):
+    converted = convert_to_fp16(_export(_Scored(_Spectrum(), 3), tmp_path / "twin.onnx"), [])
+    before = converted.SerializeToString()
+    twin = onnx.load_from_string(storage_twin(converted))
+    assert converted.SerializeToString() == before
+    assert sum(n.name.endswith("__round") for n in twin.graph.node) > 2  # the twin has its rounding nodes
+    make_node, calls = onnx.helper.make_node, []
+
+    def fails_on_the_third_call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:  # some outputs renamed and nodes made by then, none added yet
+            raise RuntimeError("injected")
+        return make_node(*args, **kwargs)
+
+    monkeypatch.setattr(onnx.helper, "make_node", fails_on_the_third_call)
+    with pytest.raises(RuntimeError, match="injected"):
+        storage_twin(converted)
+    assert converted.SerializeToString() == before
 
 
 def test_dft_nodes_stay_fp32(tmp_path):
     model = _export(_Scored(_Spectrum(), 3), tmp_path / "dft.onnx", fft="dft")
     assert any(n.op_type == "DFT" for n in model.graph.node)
-    converted, report = precision.to_fp16(model, _batches(), input_name="image", threshold=0.5, calibration="noise")
+    converted, report = to_fp16(model, _batches(), input_name="image", threshold=0.5, calibration="noise")
     dft = next(g for g in report.islands if g.name == "spectral (DFT)")
     assert dft.forced
     types = {v.name: v.type.tensor_type.elem_type for v in converted.graph.value_info}
@@ -192,7 +222,7 @@ def test_dft_nodes_stay_fp32(tmp_path):
 
 def test_matmul_spectrum_is_a_measured_candidate(tmp_path):
     model = _export(_Scored(_Spectrum(), 3), tmp_path / "mm.onnx")
-    _, report = precision.to_fp16(model, _batches(), input_name="image", threshold=0.5, calibration="noise")
+    _, report = to_fp16(model, _batches(), input_name="image", threshold=0.5, calibration="noise")
     trial = next(t for t in report.trials if t.released == "spectral")
     assert trial.agreement.images == 8
     assert ("spectral" in report.released) == trial.kept_fp16
@@ -200,8 +230,8 @@ def test_matmul_spectrum_is_a_measured_candidate(tmp_path):
 
 def test_fp32_islands_keep_fp32_weights(tmp_path):
     model = _export(_Scored(_Spectrum(), 3), tmp_path / "w.onnx")
-    head = precision.output_head(model.graph)
-    converted = precision.convert_to_fp16(model, head)
+    head = output_head(model.graph)
+    converted = convert_to_fp16(model, head)
     weights = {i.name: i for i in converted.graph.initializer}
     gemm = next(n for n in converted.graph.node if n.name in head and n.op_type in ("Gemm", "MatMul"))
     for name in gemm.input:
@@ -214,9 +244,7 @@ def test_fp32_islands_keep_fp32_weights(tmp_path):
 def test_an_fp16_file_is_not_converted_again(tmp_path):
     fp16 = tiny_exports.exported("rine_ssca_tiny", "plugin", "fp16")
     with pytest.raises(SpecdetError, match="already fp16"):
-        from specdet.export.artifact import convert_to_fp16
-
-        convert_to_fp16(fp16, tmp_path / "again.onnx", progress=False)
+        artifact.convert_to_fp16(fp16, tmp_path / "again.onnx", progress=False)
 
 
 def _cli(argv, capsys):
@@ -232,6 +260,12 @@ def test_cli_exports_a_checkpoint_in_fp16(tmp_path, capsys):
     assert code == 0, stdout
     assert "fp16" in stdout and "stay FP32" in stdout and "decision agreement" in stdout
     manifest = json.loads(manifest_path(out).read_text())
+    # The time printed is the whole job: the FP32 export and the conversion (its longest step), each given too.
+    timing = re.search(r" in ([\d.]+) s \(FP32 export ([\d.]+) s, FP16 conversion ([\d.]+) s\)$", stdout.splitlines()[0])
+    assert timing, stdout.splitlines()[0]
+    total, export, conversion = map(float, timing.groups())
+    assert abs(total - export - conversion) <= 0.15  # each rounded to 0.1 s
+    assert conversion >= manifest["fp16"]["seconds"] - 0.05 and export > 0
     assert manifest["precision"] == "fp16" and manifest["batch"]["max"] == 2
     assert manifest["parent"]["path"].endswith("rine_ssca_tiny.pth")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rine-fp16.json", "rine-fp16.onnx"]  # no FP32 leftovers
@@ -254,7 +288,10 @@ def test_cli_converts_an_exported_onnx_file(tmp_path, capsys):
     code, stdout, _ = _cli([str(source), "--precision", "fp16", "--calibration", str(photos), "--quiet"], capsys)
     assert code == 0
     assert "3 calibration images" in stdout
-    assert read_manifest(tmp_path / "m-fp16.onnx")["precision"] == "fp16"
+    manifest = read_manifest(tmp_path / "m-fp16.onnx")
+    assert manifest["precision"] == "fp16"
+    seconds = float(re.search(r"\(.*fp16\) in ([\d.]+) s$", stdout.splitlines()[0]).group(1))
+    assert seconds >= manifest["fp16"]["seconds"] - 0.05  # the conversion with its checks and writing
 
 
 @pytest.mark.parametrize("argv, message", [
