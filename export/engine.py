@@ -33,7 +33,7 @@ from specdet import tensorrt as trt_plugins
 
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, file_sha256
-from specdet.manifest import manifest_path, read_manifest, write_manifest
+from specdet.manifest import Manifest, remove_engine_sidecar
 
 # --backend name -> Python module; the first installed one is the default.
 ENGINE_LIBRARIES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -247,7 +247,7 @@ def build_engine(
     source = Path(onnx_path)
     if not source.is_file():
         raise SpecdetError(f"ONNX file {source} not found")
-    manifest = read_manifest(source)
+    manifest = Manifest.read(source).to_dict()
     output = Path(output) if output is not None else source.with_suffix(".engine")
     if output.suffix.lower() not in (".engine", ".plan"):
         raise SpecdetError(f"{output.name}: an engine's name must end in .engine or .plan")
@@ -356,9 +356,9 @@ def build_engine(
         "build_seconds": round(seconds, 3),
         "size_bytes": output.stat().st_size,
     }
-    carried = {k: v for k, v in manifest.items() if k not in ("format", "version", "artifact", "parent", "validation")}
+    carried = {k: v for k, v in manifest.items() if k not in ("artifact", "parent", "validation")}
     try:
-        write_manifest(output, {
+        Manifest.from_dict({
             **carried,
             "inputs": inputs,
             "outputs": outputs,
@@ -367,10 +367,11 @@ def build_engine(
             "engine": engine_section,
             "parent": {"path": str(source.resolve()), "sha256": file_sha256(source), "parent": manifest.get("parent")},
             "onnx_validation": manifest.get("validation"),
-        })
+            "artifact": output.name,
+        }).write(output)
     except BaseException:
         output.unlink(missing_ok=True)
-        manifest_path(output).unlink(missing_ok=True)
+        remove_engine_sidecar(output)
         raise
     return EngineBuild(
         path=output, backend=backend, library_version=trt.__version__, precision=precision,

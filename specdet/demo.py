@@ -41,12 +41,13 @@ def run_demo(out: Path, *, fft_modes: tuple[str, ...] = FFT_MODES, models: tuple
     for arch in models:
         torch.manual_seed(0)
         pth = checkpoint.save(create_model(arch), out / f"{arch}.pth", source="detect-demo (random init)")
-        reference, torch_seconds = _score(Detector(pth), images)
+        with Detector(pth) as detector:
+            reference, torch_seconds = _score(detector, images)
         for fft in fft_modes:
             print(f"exporting {arch} with --fft {fft} ...", file=sys.stderr, flush=True)
             result = export_checkpoint(pth, out / f"{arch}-{fft}.onnx", fft=fft, progress=False)
-            onnx_detector = Detector(result.path)
-            scores, onnx_seconds = _score(onnx_detector, images)
+            with Detector(result.path) as onnx_detector:
+                scores, onnx_seconds = _score(onnx_detector, images)
             threshold = onnx_detector.threshold
             rows.append({
                 "model": arch,

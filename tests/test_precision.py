@@ -7,7 +7,6 @@ islands) and ONNX DFT nodes (forced FP32).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import tiny_exports
 from specdet.errors import SpecdetError
 from specdet.export import cli, dft_matrices, precision
 from specdet.export.onnx import export_onnx
-from specdet.manifest import manifest_path, read_manifest
+from specdet.manifest import Manifest
 from specdet.runtime import Detector
 
 THUMBS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cnndetection-thumbs"
@@ -58,8 +57,8 @@ def test_fp16_file_has_fp32_io_and_fp16_weights(arch, fft):
 @pytest.mark.parametrize("arch, fft", [("dual_branch_tiny", "matmul"), ("rine_ssca_tiny", "plugin")])
 def test_manifest_records_islands_and_measured_error(arch, fft):
     fp16 = tiny_exports.exported(arch, fft, "fp16")
-    manifest = read_manifest(fp16)
-    parent = read_manifest(tiny_exports.exported(arch, fft))
+    manifest = Manifest.read(fp16).to_dict()
+    parent = Manifest.read(tiny_exports.exported(arch, fft)).to_dict()
     assert manifest["precision"] == "fp16"
     assert manifest["inputs"] == parent["inputs"] and manifest["outputs"] == parent["outputs"]
     assert manifest["parent"]["path"] == str(tiny_exports.exported(arch, fft))
@@ -231,17 +230,16 @@ def test_cli_exports_a_checkpoint_in_fp16(tmp_path, capsys):
                             "--max-batch", "2", "--precision", "fp16", "--quiet"], capsys)
     assert code == 0, stdout
     assert "fp16" in stdout and "stay FP32" in stdout and "decision agreement" in stdout
-    manifest = json.loads(manifest_path(out).read_text())
+    manifest = Manifest.read(out).to_dict()
     assert manifest["precision"] == "fp16" and manifest["batch"]["max"] == 2
     assert manifest["parent"]["path"].endswith("rine_ssca_tiny.pth")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rine-fp16.json", "rine-fp16.onnx"]  # no FP32 leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rine-fp16.onnx"]  # no FP32 leftovers, manifest inside
 
 
 def test_cli_converts_an_exported_onnx_file(tmp_path, capsys):
     source = tmp_path / "m.onnx"
     fp32 = tiny_exports.exported("rine_ssca_tiny", "matmul")
-    source.write_bytes(fp32.read_bytes())
-    manifest_path(source).write_text(manifest_path(fp32).read_text())
+    source.write_bytes(fp32.read_bytes())  # the manifest comes with it
     code, stdout, _ = _cli([str(source), "--precision", "fp16", "--calibration", str(tmp_path), "--quiet"], capsys)
     assert code == 2  # the folder has no images
     photos = tmp_path / "photos"
@@ -254,7 +252,7 @@ def test_cli_converts_an_exported_onnx_file(tmp_path, capsys):
     code, stdout, _ = _cli([str(source), "--precision", "fp16", "--calibration", str(photos), "--quiet"], capsys)
     assert code == 0
     assert "3 calibration images" in stdout
-    assert read_manifest(tmp_path / "m-fp16.onnx")["precision"] == "fp16"
+    assert Manifest.read(tmp_path / "m-fp16.onnx").precision == "fp16"
 
 
 @pytest.mark.parametrize("argv, message", [
