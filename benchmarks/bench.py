@@ -378,7 +378,7 @@ def builtin_artifacts(folder: Path, max_batch: int) -> list[Path]:
     """A tiny detector (random weights, fixed seed) saved and exported into ``folder``: ``[pth, onnx]``."""
     import torch
 
-    from specdet import checkpoint
+    from specdet.models import checkpoint
     from specdet.export.artifact import export_checkpoint
     from specdet.models import create_model
 

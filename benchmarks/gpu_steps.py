@@ -52,7 +52,7 @@ class Context:
         """A random-weight checkpoint of ``name`` (fixed seed), saved once per run."""
         import torch
 
-        from specdet import checkpoint
+        from specdet.models import checkpoint
         from specdet.models import create_model
 
         path = self.work / f"{name}.pth"

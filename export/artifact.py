@@ -17,7 +17,7 @@ import torch
 from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
 from specdet.models import ScoringModule
 
-from specdet import checkpoint as checkpoints
+from specdet.models import checkpoint as checkpoints
 from specdet.errors import SpecdetError
 from specdet.files import file_sha256
 from specdet.images import folder_images, sample_photos

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import torch
 
-from specdet import checkpoint, models
+from specdet.models import checkpoint
+from specdet import models
 from specdet.manifest import BATCH_AXIS, INPUT_NAME
 from specdet.runtime.base import ArtifactInfo, Runner, TensorSpec
 

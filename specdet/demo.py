@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specdet import checkpoint, cli
+from specdet import cli
+from specdet.models import checkpoint
 from specdet.export.artifact import export_checkpoint
 from specdet.images import SAMPLE_PHOTOS, sample_photos
 from specdet.export.onnx import FFT_MODES

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from skimage import data as samples
 
-from specdet import checkpoint, models
+from specdet.models import checkpoint
+from specdet import models
 from specdet.manifest import Manifest
 
 TINY_PREPROCESSING = {

@@ -24,7 +24,7 @@ from specdet.export import onnx as export_onnx_module
 from specdet.models import create_model, default_preprocessing
 from specdet.runtime import Detector
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.errors import SpecdetError
 from specdet.files import file_sha256
 from specdet.manifest import Manifest, legacy_onnx_sidecar

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.errors import SpecdetError
 from specdet.models import create_model, default_preprocessing
 from specdet.train import distributed, schedule
