@@ -31,7 +31,9 @@ BACKENDS = {
 }
 
 # Artifact suffix -> backend used when none is named.
-BACKEND_BY_SUFFIX = {".pth": "torch", ".pt": "torch", ONNX_SUFFIX: "onnxruntime", **dict.fromkeys(ENGINE_SUFFIXES, "tensorrt")}
+BACKEND_BY_SUFFIX = {
+    ".pth": "torch", ".pt": "torch", ONNX_SUFFIX: "onnxruntime", **dict.fromkeys(ENGINE_SUFFIXES, "tensorrt")
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,10 +30,6 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _COPY_BLOCK = 1 << 20
 
 
-class NotOnnxError(SpecdetError):
-    """The file is not a protobuf message that could be an ONNX model."""
-
-
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``metadata_props`` of the ONNX file at ``path`` as a dict (the last entry of a key wins)."""
     path = Path(path)
@@ -171,5 +167,5 @@ def _copy(source: IO[bytes], target: IO[bytes], count: int) -> None:
         count -= len(block)
 
 
-def _not_onnx(path: Path, what: str) -> NotOnnxError:
-    return NotOnnxError(f"{path.name} is not an ONNX file ({what}): pass a .onnx written by detect-export")
+def _not_onnx(path: Path, what: str) -> SpecdetError:
+    return SpecdetError(f"{path.name} is not an ONNX file ({what}): pass a .onnx written by detect-export")

@@ -283,6 +283,11 @@ def test_engine_scores_like_onnxruntime(precision, tolerance, cuda_graphs):
         t.join()
     for value in results.values():
         np.testing.assert_allclose(value, expected, atol=tolerance)
+    runner.close()  # every thread's context and buffers, then the engine
+    runner.close()
+    with pytest.raises(SpecdetError, match="is closed"):
+        runner.infer(batch)
+    reference.close()
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("SPECDET_TRT_PLUGINS_LIB"),

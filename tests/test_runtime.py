@@ -13,7 +13,7 @@ from conftest import MAX_BATCH, TINY_PREPROCESSING, tiny_manifest
 from specdet.errors import SpecdetError
 from specdet.manifest import Manifest, legacy_onnx_sidecar
 from specdet.runtime import BACKENDS, Detector, create_runner
-from specdet.runtime.base import default_backend, runner_class
+from specdet.runtime.base import ArtifactInfo, default_backend, runner_class
 
 # ---- backend registry -------------------------------------------------------
 
@@ -253,3 +253,29 @@ def test_a_detector_that_fails_to_start_closes_its_runner(tiny_onnx, tmp_path, m
     with pytest.raises(SpecdetError, match="takes 32x32 images but its preprocessing crops 30x30"):
         Detector(artifact)
     assert closed == ["cropped.onnx"]
+
+
+def test_tensorrt_close_frees_every_thread_s_state_once():
+    """The tensorrt runner needs a GPU to load; its close() is checked on stand-in thread states."""
+    import threading
+
+    from specdet.runtime.tensorrt_runner import TensorRTRunner
+
+    class State:
+        released = 0
+
+        def release(self):
+            self.released += 1
+
+    runner = TensorRTRunner.__new__(TensorRTRunner)  # skips loading: no engine here
+    info = ArtifactInfo.from_manifest(Manifest.from_dict(tiny_manifest()))
+    super(TensorRTRunner, runner).__init__("m.engine", info)
+    states = [State(), State()]
+    runner._states, runner._states_lock, runner._local = list(states), threading.Lock(), threading.local()
+    runner._engine, runner._runtime = object(), object()
+    runner.close()
+    runner.close()
+    assert [s.released for s in states] == [1, 1] and runner._states == []
+    assert not hasattr(runner, "_engine") and not hasattr(runner, "_runtime")
+    with pytest.raises(SpecdetError, match="the tensorrt runner of m.engine is closed"):
+        runner.engine
