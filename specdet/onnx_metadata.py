@@ -1,9 +1,9 @@
 """An ONNX file's ``metadata_props`` read and written without parsing its graph.
 
 The manifest travels inside the ``.onnx`` file (``ModelProto.metadata_props``).
-``onnx.load`` would parse the whole model to get at it: about a second and
-the file's size in memory for a 1.2 GB model (see the README, "Checkpoints
-and manifests"). An ONNX file is one protobuf message, so its top-level
+``onnx.load`` would parse the whole model to get at it: 2.6 s and 3 GB of
+memory for a 1.2 GB file, against 5 ms here (README, "Checkpoints and
+manifests"). An ONNX file is one protobuf message, so its top-level
 fields can be walked with the protobuf wire format instead: read each
 field's tag and length, keep the ``metadata_props`` entries, seek over the
 rest (the graph is one field). Reading costs a few small reads whatever
