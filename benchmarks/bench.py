@@ -23,7 +23,7 @@ import numpy as np
 
 from specdet.errors import SpecdetError
 from specdet.versions import library_versions
-from specdet.manifest import read_manifest
+from specdet.manifest import Manifest
 from specdet.runtime.preprocess import preprocess
 
 from specdet.benchmarks import accuracy, images as image_sets, machine, stats, timing, variants
@@ -60,14 +60,18 @@ def run(config: Config, progress: Progress | None = None) -> dict[str, Any]:
     loaded = _load(checkpoint, pairs, config.threads, progress)
     reference = loaded[0]
     timed = [item for item in loaded if (item.variant, item.runner.artifact) in pairs]
-    image_set, pixels = image_sets.preprocess_set(image_set, reference.runner.info.preprocessing)
-    flops = _flops(reference, pixels)
-    peak = {**machine.cpu_peak(), "measured_sgemm": machine.measured_sgemm()}
-    batches = {item.id: _accuracy_batch(item, config.batch_sizes) for item in loaded}
-    accuracy_rows = _accuracy(loaded, image_set, pixels, batches, progress)
-    preprocessing_rows, latency_rows = _latency(timed, image_set, pixels, reference.runner.info.preprocessing,
-                                                config, progress)
-    profiles = _profiles(timed, pixels, min(config.batch_sizes), progress) if config.profile else []
+    try:
+        image_set, pixels = image_sets.preprocess_set(image_set, reference.runner.info.preprocessing)
+        flops = _flops(reference, pixels)
+        peak = {**machine.cpu_peak(), "measured_sgemm": machine.measured_sgemm()}
+        batches = {item.id: _accuracy_batch(item, config.batch_sizes) for item in loaded}
+        accuracy_rows = _accuracy(loaded, image_set, pixels, batches, progress)
+        preprocessing_rows, latency_rows = _latency(timed, image_set, pixels, reference.runner.info.preprocessing,
+                                                    config, progress)
+        profiles = _profiles(timed, pixels, min(config.batch_sizes), progress) if config.profile else []
+    finally:
+        for item in loaded:  # what the report needs from a runner (info, artifact) outlives close()
+            item.runner.close()
     progress.close()
     _relate(latency_rows, reference.id, flops, peak["flops_per_s"],
             {item.id for item in loaded if item.variant.device == "cpu"})
@@ -141,11 +145,16 @@ def _load(checkpoint: Path, pairs, threads: int | None, progress: Progress) -> l
     to_load = [reference] + [p for p in pairs if p != reference]
     progress.phase("loading", len(to_load))
     loaded = []
-    for variant, artifact in to_load:
-        progress.note(f"loading {variant.name} {artifact.name}")
-        loaded.append(variants.load(variant, artifact, threads))
-        progress.advance()
-    _check_same_model(loaded[0], loaded)
+    try:
+        for variant, artifact in to_load:
+            progress.note(f"loading {variant.name} {artifact.name}")
+            loaded.append(variants.load(variant, artifact, threads))
+            progress.advance()
+        _check_same_model(loaded[0], loaded)
+    except BaseException:
+        for item in loaded:
+            item.runner.close()
+        raise
     return loaded
 
 
@@ -230,9 +239,9 @@ def _check_batch_sizes(sizes: Sequence[int]) -> None:
 
 
 def _check_batch_range(artifact: Path, sizes: Sequence[int]) -> None:
-    batch = read_manifest(artifact)["batch"]
-    low, high = batch.get("min", 1), batch.get("max")
-    bad = [b for b in sizes if b < low or (high is not None and b > high)]
+    batch = Manifest.read(artifact).batch
+    low, high = batch.min, batch.max
+    bad = [b for b in sizes if b < low or b > high]
     if bad:
         raise SpecdetError(
             f"batch size {bad[0]} is outside what {artifact.name} allows ({low} to {high}): "
@@ -266,7 +275,7 @@ def find_reference(artifacts: Sequence[Path]) -> Path:
 def _parent_checkpoints(artifact: Path) -> list[Path]:
     """Where the checkpoint an artifact came from may be: its manifest's parent chain, as written and beside it."""
     found = []
-    parent = read_manifest(artifact).get("parent") or {}
+    parent = Manifest.read(artifact).parent or {}
     while parent:
         path = Path(parent.get("path", ""))
         if variants.artifact_kind(path) == "torch":
@@ -298,10 +307,11 @@ def _flops(reference: variants.Loaded, pixels: np.ndarray) -> int | None:
 
     from specdet.benchmarks.flops import flops_per_image
 
-    module = getattr(reference.runner, "_module", None)
-    if module is None:
+    from specdet.runtime.torch_runner import TorchRunner
+
+    if not isinstance(reference.runner, TorchRunner):
         return None
-    return flops_per_image(module, torch.from_numpy(np.ascontiguousarray(pixels[:1])))
+    return flops_per_image(reference.runner.module, torch.from_numpy(np.ascontiguousarray(pixels[:1])))
 
 
 def _flops_note() -> str:
@@ -368,7 +378,7 @@ def builtin_artifacts(folder: Path, max_batch: int) -> list[Path]:
     """A tiny detector (random weights, fixed seed) saved and exported into ``folder``: ``[pth, onnx]``."""
     import torch
 
-    from specdet import checkpoint
+    from specdet.models import checkpoint
     from specdet.export.artifact import export_checkpoint
     from specdet.models import create_model
 

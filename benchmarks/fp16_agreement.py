@@ -35,9 +35,9 @@ def compare(reference: str, candidate: str, folder: str, *, batch_size: int = 8,
     files = folder_images(folder)
     if limit is not None and limit < len(files):
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit)]
-    ref_detector, new_detector = Detector(reference), Detector(candidate)
-    ref = ref_detector.predict_files(files, batch_size=batch_size)
-    new = new_detector.predict_files(files, batch_size=batch_size)
+    with Detector(reference) as ref_detector, Detector(candidate) as new_detector:
+        ref = ref_detector.predict_files(files, batch_size=batch_size)
+        new = new_detector.predict_files(files, batch_size=batch_size)
     kept = [(f, a.probability, b.probability) for f, a, b in zip(files, ref, new) if a.ok and b.ok]
     if not kept:
         raise SpecdetError("no image could be scored by both artifacts")

@@ -52,7 +52,7 @@ class Context:
         """A random-weight checkpoint of ``name`` (fixed seed), saved once per run."""
         import torch
 
-        from specdet import checkpoint
+        from specdet.models import checkpoint
         from specdet.models import create_model
 
         path = self.work / f"{name}.pth"
@@ -275,8 +275,10 @@ def tensorrt_engines(ctx: Context) -> dict[str, Any]:
         return result
     x = np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32)
     try:
-        with_engine = create_runner(engine.path, "tensorrt").infer(x)["probability"]
-        reference = create_runner(checkpoint, "torch").infer(x)["probability"]
+        with create_runner(engine.path, "tensorrt") as runner:
+            with_engine = runner.infer(x)["probability"]
+        with create_runner(checkpoint, "torch") as runner:
+            reference = runner.infer(x)["probability"]
         result.update(ran=True, max_abs_probability_diff=float(np.max(np.abs(with_engine - reference))))
     except Exception as error:  # noqa: BLE001
         result.update(ran=False, error=f"{type(error).__name__}: {error}"[:1000])

@@ -65,7 +65,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 def _onnxruntime(item: Loaded, batch: np.ndarray) -> Counter:
     import onnxruntime
 
-    session = item.runner._session  # the runner's session, for its options and providers
+    session = item.runner.session  # the runner's own, for its options and providers
     options = session.get_session_options()
     options.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="detect-bench-profile-") as folder:

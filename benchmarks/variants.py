@@ -23,16 +23,18 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from specdet.errors import SpecdetError
-from specdet.manifest import read_manifest
 from specdet.runtime import Runner, create_runner
 from specdet.runtime.base import BACKEND_BY_SUFFIX, runner_class
 
 from specdet.benchmarks import timing
+
+if TYPE_CHECKING:  # imported by the torch loaders when they run: torch is not needed to list variants
+    from specdet.runtime.torch_runner import TorchRunner
 
 REFERENCE = "torch-fp32"
 
@@ -93,15 +95,15 @@ class TorchVariantRunner(Runner):
 
     name = "torch"
 
-    def __init__(self, base: Runner, *, device: str = "cpu", autocast: Any = None, compile: bool = False,
+    def __init__(self, base: TorchRunner, *, device: str = "cpu", autocast: Any = None, compile: bool = False,
                  kernels: bool = False, cuda_graphs: bool = False):
         import torch
 
         super().__init__(base.artifact, base.info)
         self._torch = torch
         self._device = torch.device(device)
-        # The torch runner keeps its ScoringModule private; see the consolidation issue.
-        module = base._module.to(self._device)
+        self._base = base  # owns the module: closed with this runner
+        module = base.module.to(self._device)
         self._call = torch.compile(module, dynamic=False) if compile else module
         self._autocast = autocast
         self._kernels = kernels
@@ -150,6 +152,11 @@ class TorchVariantRunner(Runner):
             logit, probability = self._forward(x)
         return {"logit": logit.float().cpu().numpy(), "probability": probability.float().cpu().numpy()}
 
+    def _close(self) -> None:
+        self._graphs.clear()
+        del self._call
+        self._base.close()
+
 
 def _torch(device: str = "cpu", autocast: str | None = None, compile: bool = False, kernels: bool = False,
            cuda_graphs: bool = False):
@@ -185,28 +192,11 @@ def _cuda_compiler() -> str | None:
 # ---- onnxruntime --------------------------------------------------------------
 
 
-def _onnxruntime(provider: str):
+def _onnxruntime(*providers: str):
     def load(artifact: Path, threads: int | None) -> Runner:
-        runner = create_runner(artifact, "onnxruntime", threads=threads)
-        chosen = runner._session.get_providers()[0]
-        if chosen != provider:
-            # The runner picks CUDA whenever onnxruntime-gpu is installed and has no
-            # provider option yet; a variant must say what really ran.
-            raise SpecdetError(
-                f"the onnxruntime runner chose {chosen} for {artifact.name}, not {provider}: "
-                f"drop this variant from --backends on this machine"
-            )
-        return runner
+        return create_runner(artifact, "onnxruntime", threads=threads, providers=list(providers))
 
     return load
-
-
-def _onnxruntime_cpu() -> str | None:
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return "the onnxruntime runner runs on CUDA whenever this onnxruntime has it (no provider option yet)"
-    return None
 
 
 def _onnxruntime_cuda() -> str | None:
@@ -222,9 +212,7 @@ def _onnxruntime_cuda() -> str | None:
 
 def _engine(cuda_graphs: bool = False):
     def load(artifact: Path, threads: int | None) -> Runner:
-        if not cuda_graphs:
-            return create_runner(artifact, "tensorrt", threads=threads)
-        return runner_class("tensorrt")(artifact, threads=threads, cuda_graphs=True)
+        return create_runner(artifact, "tensorrt", threads=threads, cuda_graphs=cuda_graphs)
 
     return load
 
@@ -282,9 +270,9 @@ for _variant in (
             _torch("cuda", autocast="float16", kernels=True, cuda_graphs=True), requires=_cuda,
             precision="autocast-fp16"),
     Variant("onnxruntime-cpu", "onnxruntime", "cpu", "ONNX Runtime, CPU execution provider",
-            _onnxruntime("CPUExecutionProvider"), requires=_onnxruntime_cpu),
+            _onnxruntime("CPUExecutionProvider")),
     Variant("onnxruntime-cuda", "onnxruntime", "cuda", "ONNX Runtime, CUDA execution provider (CPU for nodes it lacks)",
-            _onnxruntime("CUDAExecutionProvider"), requires=_onnxruntime_cuda),
+            _onnxruntime("CUDAExecutionProvider", "CPUExecutionProvider"), requires=_onnxruntime_cuda),
     Variant("tensorrt", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine", _engine(), requires=_tensorrt),
     Variant("tensorrt-cuda-graphs", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine, replayed as a CUDA graph",
             _engine(cuda_graphs=True), requires=_tensorrt),
@@ -389,15 +377,15 @@ def _describe_torch(variant: Variant, runner: Runner) -> dict[str, Any]:
 def _describe_onnxruntime(variant: Variant, runner: Runner) -> dict[str, Any]:
     import onnxruntime
 
-    manifest = read_manifest(runner.artifact)
-    session = runner._session
+    manifest = runner.info.manifest
+    session = runner.session
     options = session.get_session_options()
     threads = options.intra_op_num_threads or _physical_cores()  # 0: onnxruntime's default, the physical cores
     return {
         "library": {"onnxruntime": onnxruntime.__version__},
         "provider": ",".join(session.get_providers()),
-        "precision": manifest.get("precision", "fp32"),
-        "fft_mode": manifest.get("fft_mode"),
+        "precision": manifest.precision,
+        "fft_mode": manifest.fft_mode,
         "threads": threads,
         "graph_optimization": str(options.graph_optimization_level).rsplit(".", 1)[-1],
         "spinning": _config_entry(options, "session.intra_op.allow_spinning", "1 (default)"),
@@ -412,14 +400,13 @@ def _config_entry(options, key: str, default: str) -> str:
 
 
 def _describe_tensorrt(variant: Variant, runner: Runner) -> dict[str, Any]:
-    manifest = read_manifest(runner.artifact)
-    engine = manifest.get("engine", {})
-    library = engine.get("backend", "tensorrt")
+    manifest = runner.info.manifest
+    library = manifest.engine.details.get("backend", "tensorrt")
     return {
-        "library": {library: engine.get("library_version") or _version(library)},
+        "library": {library: manifest.engine.library_version or _version(library)},
         "provider": library,
-        "precision": manifest.get("precision", "fp32"),
-        "fft_mode": manifest.get("fft_mode"),
+        "precision": manifest.precision,
+        "fft_mode": manifest.fft_mode,
         "threads": None,
     }
 

@@ -1,10 +1,10 @@
 """Checkpoint to ONNX artifact: the library call behind ``detect-export``.
 
 Loads a checkpoint, exports its detector (image in; ``logit`` and
-``probability`` out) with :func:`export_onnx`, and writes the manifest beside
-the ONNX file with everything the runtime needs to serve it without the
-checkpoint: preprocessing, threshold, I/O, batch range, FFT mode, parent hash
-and library versions.
+``probability`` out) with :func:`export_onnx`, and embeds the manifest in the
+ONNX file (:class:`~specdet.manifest.Manifest`) with everything the runtime
+needs to serve it without the checkpoint: preprocessing, threshold, I/O,
+batch range, FFT mode, parent hash and library versions.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ import torch
 from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
 from specdet.models import ScoringModule
 
-from specdet import checkpoint as checkpoints
+from specdet.models import checkpoint as checkpoints
 from specdet.errors import SpecdetError
 from specdet.files import file_sha256
 from specdet.images import folder_images, sample_photos
-from specdet.manifest import manifest_path, read_manifest, write_manifest
+from specdet.manifest import BATCH_AXIS, INPUT_NAME, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
 from specdet.versions import library_versions
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logit", "probability")
-PRECISIONS = ("fp32", "fp16")
+
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -42,7 +40,7 @@ def export_checkpoint(
     fp16_tolerance: float | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Export ``checkpoint`` to ``output`` (default: the checkpoint's name with ``.onnx``) plus its manifest.
+    """Export ``checkpoint`` to ``output`` (default: the checkpoint's name with ``.onnx``), manifest inside.
 
     ``precision="fp16"`` exports and validates in FP32 first, then converts
     (see :func:`convert_to_fp16`); the FP32 file is not kept.
@@ -62,7 +60,6 @@ def export_checkpoint(
                                         tolerance=fp16_tolerance, progress=progress, keep_parent=False)
         finally:
             fp32.unlink(missing_ok=True)
-            manifest_path(fp32).unlink(missing_ok=True)
         done = time.perf_counter()
         return dataclasses.replace(result, path=output, precision=converted, seconds=done - start,
                                    stages={"FP32 export": exported - start, "FP16 conversion": done - exported})
@@ -75,28 +72,30 @@ def export_checkpoint(
         ScoringModule(loaded.model), output, example_input=example, fft=fft, opset=opset, max_batch=max_batch,
         input_name=INPUT_NAME, output_names=OUTPUT_NAMES, progress=progress,
     )
-    try:
-        write_manifest(output, {
-            "architecture": loaded.architecture,
-            "config": loaded.config,
-            "preprocessing": loaded.preprocessing,
-            "threshold": loaded.threshold,
-            "inputs": [{"name": INPUT_NAME, "shape": ["batch", 3, crop, crop], "dtype": "float32"}],
-            "outputs": [{"name": name, "shape": ["batch"], "dtype": "float32"} for name in OUTPUT_NAMES],
-            "batch": {"min": 1, "max": max_batch},
-            "fft_mode": result.fft,
-            "precision": "fp32",
-            "opset": result.opset,
-            "parent": {"path": str(loaded.path), "sha256": loaded.sha256},
+    manifest = Manifest(
+        artifact=output.name,
+        architecture=loaded.architecture,
+        config=loaded.config,
+        preprocessing=loaded.preprocessing,
+        threshold=loaded.threshold,
+        inputs=(TensorSpec(INPUT_NAME, (BATCH_AXIS, 3, crop, crop), "float32"),),
+        outputs=tuple(TensorSpec(name, (BATCH_AXIS,), "float32") for name in OUTPUT_NAMES),
+        batch=BatchRange(1, max_batch),
+        fft_mode=result.fft,
+        precision="fp32",
+        opset=result.opset,
+        parent={"path": str(loaded.path), "sha256": loaded.sha256},
+        provenance={
             "versions": library_versions(),
             "validation": result.validation.to_dict(),
             "metadata": loaded.metadata,
-        })
+        },
+    )
+    try:
+        manifest.write(output)
     except BaseException:
-        # An artifact without its manifest cannot be served, and a manifest
-        # left from an earlier export would describe a file that is gone.
+        # An ONNX file without its manifest cannot be served.
         output.unlink(missing_ok=True)
-        manifest_path(output).unlink(missing_ok=True)
         raise
     return result
 
@@ -117,7 +116,7 @@ def convert_to_fp16(
     progress: bool = True,
     keep_parent: bool = True,
 ):
-    """An exported FP32 ``.onnx`` (with its manifest) to a mixed-precision FP16 file and manifest.
+    """An exported FP32 ``.onnx`` to a mixed-precision FP16 ``.onnx``, each with its manifest inside.
 
     FP32 islands are chosen by measurement on calibration images (``calibration``:
     a folder, ``count`` images spread over it; default: scikit-image's sample
@@ -131,23 +130,34 @@ def convert_to_fp16(
 
     _require_fp16()
     source = Path(onnx_path)
-    manifest = read_manifest(source)
-    if manifest.get("precision", "fp32") != "fp32":
-        raise SpecdetError(f"{source.name} is already {manifest['precision']}: convert its FP32 export")
+    manifest = Manifest.read(source)
+    if manifest.precision != "fp32":
+        raise SpecdetError(f"{source.name} is already {manifest.precision}: convert its FP32 export")
     output = Path(output) if output is not None else source.with_name(source.stem + "-fp16.onnx")
     if output.resolve() == source.resolve():
         raise SpecdetError(f"the FP16 file would overwrite its FP32 source {source.name}: pass another -o")
-    if manifest_path(output).resolve() == manifest_path(source).resolve():
-        raise SpecdetError(f"{output.name} and {source.name} would share the manifest {manifest_path(output).name}")
     batches, description = calibration_batches(manifest, calibration, count)
     say = _progress_printer(progress)
     model = onnx.load(str(source))
     converted, report = fp16.to_fp16(
-        model, batches, input_name=manifest["inputs"][0]["name"], threshold=float(manifest["threshold"]),
+        model, batches, input_name=manifest.input.name, threshold=manifest.threshold,
         calibration=description, tolerance=fp16.DEFAULT_TOLERANCE if tolerance is None else tolerance,
         progress=say,
     )
     del model
+    parent = {"path": str(source), "sha256": file_sha256(source)} if keep_parent else manifest.parent
+    dataclasses.replace(
+        manifest,
+        artifact=output.name,
+        precision="fp16",
+        parent=parent,
+        provenance={
+            **manifest.provenance,
+            "fp32_islands": report.island_summary(),
+            "fp16": {k: v for k, v in report.to_dict().items() if k != "islands"},
+            "versions": library_versions(),
+        },
+    ).embed(converted)  # replaces the FP32 manifest the converted model still carries
     tmp = output.with_name(f".{output.name}.partial")
     try:
         onnx.save(converted, str(tmp))
@@ -155,20 +165,6 @@ def convert_to_fp16(
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    parent = {"path": str(source), "sha256": file_sha256(source)} if keep_parent else manifest["parent"]
-    try:
-        write_manifest(output, {
-            **{k: v for k, v in manifest.items() if k not in ("format", "version", "artifact")},
-            "precision": "fp16",
-            "fp32_islands": report.island_summary(),
-            "fp16": {k: v for k, v in report.to_dict().items() if k != "islands"},
-            "parent": parent,
-            "versions": library_versions(),
-        })
-    except BaseException:
-        output.unlink(missing_ok=True)
-        manifest_path(output).unlink(missing_ok=True)
-        raise
     return report
 
 
@@ -180,7 +176,7 @@ def _progress_printer(enabled: bool):
     return lambda message: print(f"  fp16: {message}", file=sys.stderr, flush=True)
 
 
-def calibration_batches(manifest: dict, source: str | os.PathLike | None, count: int):
+def calibration_batches(manifest: Manifest, source: str | os.PathLike | None, count: int):
     """Preprocessed calibration images in batches the artifact accepts, and a description of where they came from."""
     import numpy as np
     from specdet.runtime.preprocess import preprocess
@@ -195,6 +191,6 @@ def calibration_batches(manifest: dict, source: str | os.PathLike | None, count:
             files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count)]
         images = files
         description = f"{len(files)} images from {root}"
-    pixels = preprocess(images, manifest["preprocessing"])
-    step = max(1, min(8, int(manifest["batch"]["max"])))
+    pixels = preprocess(images, manifest.preprocessing)
+    step = max(1, min(8, manifest.batch.max))
     return [pixels[i : i + step] for i in range(0, len(pixels), step)], description

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         "typed (an FP16 engine comes from an FP16 ONNX file), one optimisation profile over the batch range, "
         "manifest (model.engine.json) beside it. TensorRT-RTX builds on a machine without a GPU.",
     )
-    parser.add_argument("onnx", help="an .onnx file with its manifest (model.json), from detect-export")
+    parser.add_argument("onnx", help="an .onnx file from detect-export (its manifest inside)")
     parser.add_argument("-o", "--output", help="engine to write (default: the ONNX file's name with .engine)")
     parser.add_argument("--backend", choices=list(ENGINE_LIBRARIES),
                         help="library to build with (default: the first installed of tensorrt, tensorrt-rtx)")

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(
         prog="detect-export",
         description="Export a detector checkpoint to ONNX (dynamic batch), validate it against PyTorch "
-        "in ONNX Runtime and write a manifest (model.json) beside it.",
+        "in ONNX Runtime, and embed its manifest in the file (ONNX metadata specdet.manifest).",
     )
     parser.add_argument(
         "checkpoint",

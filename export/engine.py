@@ -25,7 +25,7 @@ from pathlib import Path
 from specdet.errors import SpecdetError
 from specdet.export.engine_library import ENGINE_LIBRARIES, open_library
 from specdet.export.engine_stages import Configure, EngineBuild, LoadAndStrip, Parse, Serialise, WriteManifest
-from specdet.manifest import read_manifest
+from specdet.manifest import ENGINE_SUFFIXES, Manifest
 
 __all__ = ["ENGINE_LIBRARIES", "DEFAULT_OPT_BATCH", "EngineBuild", "build_engine", "parse_batch"]
 
@@ -77,9 +77,9 @@ def build_engine(
     source = Path(onnx_path)
     if not source.is_file():
         raise SpecdetError(f"ONNX file {source} not found")
-    manifest = read_manifest(source)
+    manifest = Manifest.read(source).to_dict()
     output = Path(output) if output is not None else source.with_suffix(".engine")
-    if output.suffix.lower() not in (".engine", ".plan"):
+    if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise SpecdetError(f"{output.name}: an engine's name must end in .engine or .plan")
     if output.is_dir():
         raise SpecdetError(f"{output} is a directory; give a file name ending in .engine")

@@ -33,10 +33,8 @@ from specdet.export.engine_library import (
     Library, capability_names, compute_capability_targets, current_compute_capability, library_name,
 )
 from specdet.files import atomic_write, file_sha256
-from specdet.manifest import manifest_path, write_manifest
+from specdet.manifest import Manifest, remove_engine_sidecar
 
-DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
-          "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
 _MEMORY_WORDS = re.compile(r"workspace|out of memory|insufficient memory|memory pool|cudaErrorMemoryAllocation", re.I)
 
 
@@ -117,14 +115,9 @@ class Parse:
 def _io(tensors) -> list[dict]:
     return [
         {"name": t.name, "shape": ["batch" if i == 0 and d < 0 else int(d) for i, d in enumerate(t.shape)],
-         "dtype": _dtype(t.dtype)}
+         "dtype": trt_plugins.numpy_dtype(t.dtype)}
         for t in tensors
     ]
-
-
-def _dtype(dtype) -> str:
-    name = str(dtype).split(".")[-1]
-    return DTYPES.get(name, name.lower())
 
 
 def _check_io(network_io: list[dict], declared: list[dict], what: str, source: str) -> None:
@@ -301,7 +294,7 @@ class WriteManifest:
         }
         carried = {k: v for k, v in manifest.items() if k not in ("format", "version", "artifact", "parent", "validation")}
         try:
-            write_manifest(output, {
+            Manifest.from_dict({
                 **carried,
                 "inputs": network.inputs,
                 "outputs": network.outputs,
@@ -311,10 +304,11 @@ class WriteManifest:
                 "parent": {"path": str(onnx.source.resolve()), "sha256": file_sha256(onnx.source),
                            "parent": manifest.get("parent")},
                 "onnx_validation": manifest.get("validation"),
-            })
+                "artifact": output.name,
+            }).write(output)
         except BaseException:
             output.unlink(missing_ok=True)
-            manifest_path(output).unlink(missing_ok=True)
+            remove_engine_sidecar(output)
             raise
         return EngineBuild(
             path=output, backend=library.backend, library_version=library.trt.__version__, precision=precision,

@@ -1,7 +1,7 @@
-"""Run an exported detector: ``Detector(artifact).predict(images)`` on torch or onnxruntime.
+"""Run an exported detector: ``Detector(artifact).predict(images)`` on torch, onnxruntime or tensorrt.
 
-Nothing here imports training code: preprocessing and threshold come from
-the checkpoint or the manifest beside the artifact.
+Nothing here imports training or export code: preprocessing and threshold
+come from the checkpoint or the artifact's manifest (specdet.manifest).
 """
 
 from specdet.runtime.base import BACKENDS, Runner, TensorSpec, create_runner

@@ -13,14 +13,14 @@ import abc
 import dataclasses
 import importlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 
 from specdet.errors import SpecdetError
-
-OUTPUT_NAMES = ("logit", "probability")
+from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec
 
 # Backend name -> "module:Class". Imported on first use, so a backend's
 # library (onnxruntime, tensorrt) is needed only when that backend is chosen.
@@ -31,14 +31,9 @@ BACKENDS = {
 }
 
 # Artifact suffix -> backend used when none is named.
-BACKEND_BY_SUFFIX = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[Union[int, str], ...]  # a string names a dynamic axis, e.g. "batch"
-    dtype: str  # numpy dtype name, e.g. "float32"
+BACKEND_BY_SUFFIX = {
+    ".pth": "torch", ".pt": "torch", ONNX_SUFFIX: "onnxruntime", **dict.fromkeys(ENGINE_SUFFIXES, "tensorrt")
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,43 +45,77 @@ class ArtifactInfo:
     threshold: float
     input: TensorSpec
     max_batch: int | None  # None: no limit
+    manifest: Manifest | None = None  # exported artifacts (None: a checkpoint)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> ArtifactInfo:
-        """What an exported artifact's manifest says (one input; see specdet.manifest)."""
-        (spec,) = manifest["inputs"]
+    def from_manifest(cls, manifest: Manifest) -> ArtifactInfo:
         return cls(
-            architecture=manifest["architecture"],
-            preprocessing=manifest["preprocessing"],
-            threshold=float(manifest["threshold"]),
-            input=TensorSpec(spec["name"], tuple(spec["shape"]), spec["dtype"]),
-            max_batch=int(manifest["batch"]["max"]),
+            architecture=manifest.architecture,
+            preprocessing=manifest.preprocessing,
+            threshold=manifest.threshold,
+            input=manifest.input,
+            max_batch=manifest.batch.max,
+            manifest=manifest,
         )
 
 
 class Runner(abc.ABC):
-    """One loaded artifact. Subclasses take ``(artifact, *, arch=None, threads=None)``,
-    load the artifact, and pass what they learned to ``Runner.__init__``."""
+    """One loaded artifact. Subclasses take ``(artifact, *, arch=None, threads=None, **their OPTIONS)``, load
+    the artifact, and pass what they learned to ``Runner.__init__``.
+
+    Life cycle (as Polygraphy's runners and ONNX Runtime sessions): a runner
+    holds its backend's resources (session, module, engine, GPU memory) from
+    construction to :meth:`close`, which releases them; ``with`` closes it on
+    exit. Closing twice is safe; a closed runner refuses to run. Close it
+    only when no other thread is inside :meth:`infer`.
+    """
 
     name: ClassVar[str]  # the backend's key in BACKENDS
+    OPTIONS: ClassVar[tuple[str, ...]] = ()  # the backend options its __init__ takes (see create_runner)
 
     def __init__(self, artifact: str | os.PathLike, info: ArtifactInfo):
         self.artifact = Path(artifact)
         self.info = info
+        self._closed = False
 
     def input_spec(self) -> TensorSpec:
         return self.info.input
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Score a preprocessed batch: ``{"logit": [N], "probability": [N]}``, float32."""
+        self.ensure_open()
         self._check_input(batch)
         outputs = self._infer(batch)
         count = batch.shape[0]
         return {name: np.asarray(outputs[name], dtype=np.float32).reshape(count) for name in OUTPUT_NAMES}
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release the backend's resources; a second call does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def ensure_open(self) -> None:
+        if self._closed:
+            raise SpecdetError(f"the {self.name} runner of {self.artifact.name} is closed: create a new one")
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the backend on a batch already checked against :meth:`input_spec`."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Drop the backend's objects (called once, by :meth:`close`)."""
 
     def _check_input(self, batch: Any) -> None:
         spec = self.info.input
@@ -129,10 +158,36 @@ def default_backend(artifact: str | os.PathLike) -> str:
 
 
 def create_runner(
-    artifact: str | os.PathLike, backend: str | None = None, *, arch: str | None = None, threads: int | None = None
+    artifact: str | os.PathLike,
+    backend: str | None = None,
+    *,
+    arch: str | None = None,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    plugins: Sequence[str | os.PathLike] | None = None,
+    cuda_graphs: bool | None = None,
 ) -> Runner:
-    """Load ``artifact`` with ``backend`` (default: chosen by the file suffix)."""
-    return runner_class(backend or default_backend(artifact))(artifact, arch=arch, threads=threads)
+    """Load ``artifact`` with ``backend`` (default: chosen by the file suffix).
+
+    Backend options (``None``: not given, the backend's default): ``providers``
+    (onnxruntime: execution provider names, in order of preference);
+    ``plugins`` (tensorrt: plugin library files or folders searched first) and
+    ``cuda_graphs`` (tensorrt: replay each batch size as a CUDA graph). An
+    option the backend does not take is an error.
+    """
+    cls = runner_class(backend or default_backend(artifact))
+    options = {
+        key: value
+        for key, value in (("providers", providers), ("plugins", plugins), ("cuda_graphs", cuda_graphs))
+        if value is not None
+    }
+    refused = [key for key in options if key not in cls.OPTIONS]
+    if refused:
+        takes = f"it takes {', '.join(cls.OPTIONS)}" if cls.OPTIONS else "it takes none"
+        raise SpecdetError(
+            f"the {cls.name} backend has no option {', '.join(refused)} ({takes}): drop it or choose another backend"
+        )
+    return cls(artifact, arch=arch, threads=threads, **options)
 
 
 def require_file(path: str | os.PathLike) -> Path:

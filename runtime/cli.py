@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="detect-predict",
         description="Print the probability that each image is generated (fake) and its label.",
     )
-    parser.add_argument("artifact", type=Path, help="model.pth checkpoint or exported model.onnx")
+    parser.add_argument("artifact", type=Path, help="model.pth checkpoint, exported model.onnx or built model.engine")
     parser.add_argument(
         "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
     )
@@ -47,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", help="architecture of a bare state dict (a checkpoint names its own)")
     parser.add_argument("--batch-size", type=cli.BATCH, default=8, help="images per inference call (default: 8)")
     parser.add_argument("--threads", type=cli.THREADS, help="CPU threads for inference (default: the backend's)")
+    options = parser.add_argument_group("backend options (an option the backend lacks is an error)")
+    options.add_argument("--providers", nargs="+", metavar="NAME",
+                         help="onnxruntime: execution providers in order of preference, e.g. CPUExecutionProvider "
+                         "(default: CUDA when this onnxruntime has it, then CPU)")
+    options.add_argument("--plugins", nargs="+", metavar="PATH",
+                         help="tensorrt: plugin library files or folders searched before $SPECDET_TRT_PLUGINS and "
+                         "the installed kernel builds; put it after the image paths")
+    options.add_argument("--cuda-graphs", action="store_true", default=None,
+                         help="tensorrt: capture each batch size once as a CUDA graph and replay it")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of {path, probability, label}")
     output.add_argument("--csv", action="store_true", help="print CSV with a path,probability,label header")
@@ -60,8 +69,9 @@ def _predict(args: argparse.Namespace) -> int:
         shown = ", ".join(str(p) for p in args.paths)
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise SpecdetError(f"no images found in {shown}: give image files or folders holding {suffixes}")
-    detector = Detector(args.artifact, args.backend, arch=args.arch, threads=args.threads)
-    with progress_bar(total=len(files), unit="image") as bar:
+    with Detector(args.artifact, args.backend, arch=args.arch, threads=args.threads, providers=args.providers,
+                  plugins=args.plugins, cuda_graphs=args.cuda_graphs) as detector, \
+            progress_bar(total=len(files), unit="image") as bar:
         results = detector.predict_files(files, args.batch_size, progress=bar.update)
     scored = [r for r in results if r.ok]
     for result in results:

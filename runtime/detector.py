@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from specdet.errors import SpecdetError
-from specdet.runtime.base import create_runner
+from specdet.runtime.base import Runner, create_runner
 from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, preprocess
 
 FAKE, REAL = "fake", "real"
@@ -31,10 +31,13 @@ class Result:
 
 
 class Detector:
-    """Score images with an artifact (``.pth`` checkpoint or exported ``.onnx``).
+    """Score images with an artifact (``.pth`` checkpoint, exported ``.onnx``, or ``.engine``).
 
     Preprocessing and threshold come from the checkpoint or the manifest, so
-    every backend scores the same pixels the same way.
+    every backend scores the same pixels the same way. ``providers``,
+    ``plugins`` and ``cuda_graphs`` are backend options (see
+    :func:`~specdet.runtime.create_runner`). A detector holds its runner's
+    resources until :meth:`close` (or the end of a ``with`` block).
     """
 
     def __init__(
@@ -44,20 +47,48 @@ class Detector:
         *,
         arch: str | None = None,
         threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        plugins: Sequence[str | os.PathLike] | None = None,
+        cuda_graphs: bool | None = None,
     ):
-        self._runner = create_runner(artifact, backend, arch=arch, threads=threads)
+        self._runner = create_runner(
+            artifact, backend, arch=arch, threads=threads, providers=providers, plugins=plugins, cuda_graphs=cuda_graphs
+        )
+        try:
+            self._check_input_size(Path(artifact))
+        except BaseException:
+            self._runner.close()
+            raise
         self.backend = self._runner.name
         self.preprocessing = self._runner.info.preprocessing
         self.threshold = self._runner.info.threshold
-        check_spec(self.preprocessing)
+        self._dtype = np.dtype(self._runner.input_spec().dtype)
+
+    def _check_input_size(self, artifact: Path) -> None:
+        preprocessing = self._runner.info.preprocessing
+        check_spec(preprocessing)
         spec = self._runner.input_spec()
-        crop = self.preprocessing["crop"]
+        crop = preprocessing["crop"]
         if tuple(spec.shape[-2:]) != (crop, crop):
             raise SpecdetError(
-                f"{Path(artifact).name} takes {spec.shape[-2]}x{spec.shape[-1]} images but its preprocessing "
+                f"{artifact.name} takes {spec.shape[-2]}x{spec.shape[-1]} images but its preprocessing "
                 f"crops {crop}x{crop}: re-export it"
             )
-        self._dtype = np.dtype(spec.dtype)
+
+    @property
+    def runner(self) -> Runner:
+        """The backend runner scoring the batches (its ``session``, ``module`` or ``engine``)."""
+        return self._runner
+
+    def close(self) -> None:
+        """Release the runner's resources; closing twice is safe, predicting afterwards is an error."""
+        self._runner.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def label(self, probability: float) -> str:
         return FAKE if probability >= self.threshold else REAL
@@ -106,6 +137,7 @@ class Detector:
 
     def _step(self, batch_size: int) -> int:
         """The batch size to run: ``batch_size``, capped at the artifact's largest batch."""
+        self._runner.ensure_open()  # before any image is read
         if batch_size < 1:
             raise SpecdetError(f"batch size {batch_size} is not positive: pass --batch-size 1 or more")
         limit = self._runner.info.max_batch

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from specdet.errors import SpecdetError
-from specdet.manifest import read_manifest
-from specdet.runtime.base import OUTPUT_NAMES, ArtifactInfo, Runner, require_file
+from specdet.manifest import OUTPUT_NAMES, Manifest
+from specdet.runtime.base import ArtifactInfo, Runner, require_file
 
 # ONNX Runtime logs warnings (unused initialisers, provider fallbacks) to
 # stderr; a command's stderr is for the user, so only errors get through.
@@ -19,38 +20,62 @@ _LOG_ERRORS_ONLY = 3
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
+    OPTIONS = ("providers",)
 
-    def __init__(self, artifact: str | os.PathLike, *, arch: str | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        artifact: str | os.PathLike,
+        *,
+        arch: str | None = None,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ):
         path = require_file(artifact)
-        manifest = read_manifest(path)
-        if arch is not None and arch != manifest["architecture"]:
-            raise SpecdetError(f"{path.name} holds a {manifest['architecture']} model, not {arch}: drop --arch")
-        self._session = _session(path, threads, manifest.get("precision", "fp32"))
-        (spec,) = manifest["inputs"]
-        self._input_name = spec["name"]
-        _check_names(path, self._session, self._input_name)
+        manifest = Manifest.read(path)
+        if arch is not None and arch != manifest.architecture:
+            raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {arch}: drop --arch")
+        self._session = _session(path, threads, manifest.ort_optimization, _providers(providers))
+        _check_names(path, self._session, manifest.input.name)
+        self._input_name = manifest.input.name
         super().__init__(path, ArtifactInfo.from_manifest(manifest))
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ``onnxruntime.InferenceSession`` this runner calls (its options, providers, profiling)."""
+        self.ensure_open()
+        return self._session
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         logit, probability = self._session.run(list(OUTPUT_NAMES), {self._input_name: batch})
         return {"logit": logit, "probability": probability}
 
+    def _close(self) -> None:
+        # ONNX Runtime frees a session (its arena, its CUDA memory) when the last reference goes.
+        del self._session
 
-def _session(path: Path, threads: int | None, precision: str = "fp32") -> ort.InferenceSession:
+
+def _providers(requested: Sequence[str] | None) -> list[str]:
+    """The execution providers to ask for: ``requested`` (checked), else CUDA when this build has it, then CPU."""
+    available = ort.get_available_providers()
+    if requested is None:
+        # CPU stays behind CUDA for any node CUDA lacks (DFT among them).
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    names = [requested] if isinstance(requested, str) else list(requested)
+    unknown = [p for p in names if p not in available]
+    if not names or unknown:
+        raise SpecdetError(
+            f"onnxruntime {ort.__version__} has no execution provider {', '.join(map(repr, unknown)) or '(none given)'}:"
+            f" choose from {', '.join(available)}"
+        )
+    return names
+
+
+def _session(path: Path, threads: int | None, level: str, providers: list[str]) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    # ONNX Runtime's layout optimizer (the level above EXTENDED) crashes on
-    # FP16 graphs (seen with 1.32 on the CPU): FP16 files stop below it.
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if precision == "fp16" else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    )
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.log_severity_level = _LOG_ERRORS_ONLY
     if threads is not None:
         options.intra_op_num_threads = threads
-    # CUDA when this onnxruntime build has it (the onnxruntime-gpu package),
-    # with the CPU provider behind it for any node CUDA lacks (DFT among them).
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own untyped-in-Python errors

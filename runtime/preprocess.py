@@ -32,10 +32,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from specdet.errors import SpecdetError
+from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# The manifest's interpolation names are PIL's filter names, lower case.
+_FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
 
 # Transparent pixels are composited over white, as image viewers and web
 # pages show them; dropping alpha instead would expose whatever colour the
@@ -137,29 +139,10 @@ def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any]
 
 
 def check_spec(spec: Any) -> None:
-    """Raise :class:`SpecdetError` unless ``spec`` is a valid preprocessing dict."""
-    problems = []
-    if not isinstance(spec, dict):
-        problems.append("it is not a dict")
-    else:
-        if not _positive_int(spec.get("crop")):
-            problems.append("crop must be a positive integer")
-        if spec.get("resize") is not None and not _positive_int(spec.get("resize")):
-            problems.append("resize must be a positive integer or null")
-        for key in ("mean", "std"):
-            value = spec.get(key)
-            if not (isinstance(value, (list, tuple)) and len(value) == 3):
-                problems.append(f"{key} must list 3 numbers")
-        if isinstance(spec.get("std"), (list, tuple)) and any(s == 0 for s in spec["std"]):
-            problems.append("std must not be 0")
-        if spec.get("interpolation") not in _FILTERS:
-            problems.append(f"interpolation must be one of {', '.join(_FILTERS)}")
+    """Raise :class:`SpecdetError` unless ``spec`` is a valid preprocessing dict (the manifest's rules)."""
+    problems = preprocessing_problems(spec)
     if problems:
         raise SpecdetError(f"invalid preprocessing ({'; '.join(problems)}): re-export or re-save the model")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

@@ -17,6 +17,14 @@ into pinned memory, copy it to the device asynchronously, set the input
 shape, ``execute_async_v3`` on the stream, copy the outputs back
 asynchronously, synchronise the stream. With ``cuda_graphs=True`` the
 ``execute_async_v3`` call is captured once per batch size and replayed.
+:meth:`TensorRTRunner.close` frees every thread's context, buffers and
+graphs, then the engine.
+
+Plugin libraries the engine was built with are found by the name and hash
+its manifest records (:func:`specdet.tensorrt.resolve_plugin_libraries`):
+``plugins=[...]`` (``--plugins``), ``$SPECDET_TRT_PLUGINS``, then the kernel
+builds of this install. They are resolved before the GPU is touched, so a
+missing or different library is reported first.
 """
 
 from __future__ import annotations
@@ -24,16 +32,16 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from specdet.errors import SpecdetError
 from specdet import tensorrt as trt_plugins
-from specdet.manifest import read_manifest
-from specdet.runtime.base import OUTPUT_NAMES, ArtifactInfo, Runner, require_file
-
-_TORCH_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32", "int64": "int64", "bool": "bool"}
+from specdet.errors import SpecdetError
+from specdet.kernels import build as kernel_build
+from specdet.manifest import OUTPUT_NAMES, EngineInfo, Manifest
+from specdet.runtime.base import ArtifactInfo, Runner, require_file
 
 
 def _import_torch_cuda():
@@ -49,21 +57,29 @@ def _import_torch_cuda():
     return torch
 
 
-def _import_library(engine: dict):
-    module = engine.get("library", "tensorrt")
+def _import_library(engine: EngineInfo):
     try:
-        trt = importlib.import_module(module)
+        trt = importlib.import_module(engine.library)
     except ImportError:
-        extra = "rtx" if module == "tensorrt_rtx" else "tensorrt"
+        extra = "rtx" if engine.library == "tensorrt_rtx" else "tensorrt"
         raise SpecdetError(
-            f"the engine was built with {module} {engine.get('library_version', '?')}: pip install 'specdet[{extra}]' "
-            "(the same version)"
+            f"the engine was built with {engine.library} {engine.library_version or '?'}: "
+            f"pip install 'specdet[{extra}]' (the same version)"
         ) from None
     return trt
 
 
+def _kernel_builds() -> list[Path]:
+    """The folders of this install's kernel builds (python -m specdet.kernels.build), newest first."""
+    cache = kernel_build.cache_dir()
+    if not cache.is_dir():
+        return []
+    return sorted((d for d in cache.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+
+
 class TensorRTRunner(Runner):
     name = "tensorrt"
+    OPTIONS = ("plugins", "cuda_graphs")
 
     def __init__(
         self,
@@ -71,49 +87,57 @@ class TensorRTRunner(Runner):
         *,
         arch: str | None = None,
         threads: int | None = None,  # CPU threads: not used by this backend
+        plugins: Sequence[str | os.PathLike] | None = None,
         cuda_graphs: bool = False,
-        plugins: list[str | os.PathLike] | None = None,
     ):
         path = require_file(artifact)
-        manifest = read_manifest(path)
-        engine_info = manifest.get("engine")
-        if not isinstance(engine_info, dict):
+        manifest = Manifest.read(path)
+        engine_info = manifest.engine
+        if engine_info is None:
             raise SpecdetError(f"{path.name} is not described as an engine by its manifest: build it with detect-build")
-        if arch is not None and arch != manifest["architecture"]:
-            raise SpecdetError(f"{path.name} holds a {manifest['architecture']} model, not {arch}: drop --arch")
+        if arch is not None and arch != manifest.architecture:
+            raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {arch}: drop --arch")
         trt = _import_library(engine_info)
-        built = engine_info.get("library_version")
+        built = engine_info.library_version
         if built and built != trt.__version__:
             raise SpecdetError(
                 f"{path.name} was built with {trt.__name__} {built}; this is {trt.__version__}: rebuild it with "
                 "detect-build (engines are tied to the library version that built them)"
             )
+        libraries = trt_plugins.resolve_plugin_libraries(
+            engine_info.plugins, explicit=plugins, installed=_kernel_builds(), engine=path.name
+        )
         torch = _import_torch_cuda()
         self._check_device(path, engine_info, torch)
         self._torch, self._trt = torch, trt
         self._logger = trt.Logger(trt.Logger.ERROR)
         if hasattr(trt, "init_libnvinfer_plugins"):
             trt.init_libnvinfer_plugins(self._logger, "")
-        wanted = plugins if plugins is not None else [p["path"] for p in engine_info.get("plugins", [])]
-        trt_plugins.load_plugin_libraries(trt, wanted)
+        trt_plugins.load_plugin_libraries(trt, libraries)
         self._engine = self._deserialize(path, trt)
-        self._cuda_graphs = cuda_graphs
-        (spec,) = manifest["inputs"]
-        self._input = spec["name"]
-        self._io = self._check_io(path, manifest)
-        self._max_batch = int(manifest["batch"]["max"])
+        self._cuda_graphs = bool(cuda_graphs)
+        self._input = manifest.input.name
+        self._io = self._check_io(path)
+        self._max_batch = manifest.batch.max
         self._local = threading.local()
+        self._states: list[_ThreadState] = []  # every thread's, so that close() can free them all
+        self._states_lock = threading.Lock()
         super().__init__(path, ArtifactInfo.from_manifest(manifest))
+
+    @property
+    def engine(self):
+        """The deserialised ``ICudaEngine`` (valid until :meth:`close`)."""
+        self.ensure_open()
+        return self._engine
 
     # --- loading ---
 
     @staticmethod
-    def _check_device(path: Path, engine_info: dict, torch) -> None:
+    def _check_device(path: Path, engine_info: EngineInfo, torch) -> None:
         major, minor = torch.cuda.get_device_capability()
         here = f"{major}.{minor}"
-        targets = engine_info.get("compute_capabilities")
-        build_device = engine_info.get("build_device")
-        if targets is None and build_device and build_device != here:
+        build_device = engine_info.build_device
+        if engine_info.compute_capabilities is None and build_device and build_device != here:
             # Full TensorRT engines run on the compute capability they were built on.
             raise SpecdetError(
                 f"{path.name} was built on a GPU of compute capability {build_device}; this GPU is {here}: "
@@ -141,7 +165,7 @@ class TensorRTRunner(Runner):
         self._runtime = runtime  # the engine must not outlive its runtime
         return engine
 
-    def _check_io(self, path: Path, manifest: dict) -> dict[str, str]:
+    def _check_io(self, path: Path) -> dict[str, str]:
         trt, engine = self._trt, self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -151,23 +175,30 @@ class TensorRTRunner(Runner):
                 f"{path.name} has inputs {inputs} and outputs {outputs}; its manifest says {self._input!r} and "
                 f"{list(OUTPUT_NAMES)}: rebuild it with detect-build"
             )
-        dtypes = {}
-        for name in names:
-            dtype = str(engine.get_tensor_dtype(name)).split(".")[-1]
-            dtypes[name] = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64",
-                            "BOOL": "bool"}.get(dtype, dtype.lower())
-        return dtypes
+        return {name: trt_plugins.numpy_dtype(engine.get_tensor_dtype(name)) for name in names}
 
     # --- running ---
 
-    def _state(self) -> "_ThreadState":
+    def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
         if state is None:
             state = self._local.state = _ThreadState(self)
+            with self._states_lock:
+                self._states.append(state)
         return state
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self._state().run(batch)
+
+    def _close(self) -> None:
+        with self._states_lock:
+            for state in self._states:
+                state.release()
+            self._states.clear()
+        self._local = threading.local()
+        # Contexts before the engine, the engine before its runtime (TensorRT's ownership order).
+        del self._engine
+        del self._runtime
 
 
 class _ThreadState:
@@ -185,7 +216,7 @@ class _ThreadState:
         for name, dtype in runner._io.items():
             shape = list(engine.get_tensor_shape(name))
             shape = [n if i == 0 and d < 0 else int(d) for i, d in enumerate(shape)]
-            torch_dtype = getattr(torch, _TORCH_DTYPES.get(dtype, dtype))
+            torch_dtype = getattr(torch, dtype)  # numpy and torch share these dtype names
             self.device[name] = torch.empty(shape, dtype=torch_dtype, device="cuda")
             self.host[name] = torch.empty(shape, dtype=torch_dtype, pin_memory=True)
             self.context.set_tensor_address(name, self.device[name].data_ptr())
@@ -211,6 +242,14 @@ class _ThreadState:
                 self.host[out][:count].copy_(self.device[out][:count], non_blocking=True)
         self.stream.synchronize()
         return {out: self.host[out][:count].numpy().copy() for out in self.outputs}
+
+    def release(self) -> None:
+        """Wait for this thread's work, then drop its graphs, context and buffers (device and pinned)."""
+        self.stream.synchronize()
+        self.graphs.clear()
+        del self.context
+        self.device.clear()
+        self.host.clear()
 
     def _replay(self, count: int) -> None:
         graph = self.graphs.get(count)

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import torch
 
-from specdet import checkpoint, models
+from specdet.models import checkpoint
+from specdet import models
+from specdet.manifest import BATCH_AXIS, INPUT_NAME
 from specdet.runtime.base import ArtifactInfo, Runner, TensorSpec
 
 
@@ -27,12 +29,21 @@ class TorchRunner(Runner):
                 architecture=loaded.architecture,
                 preprocessing=loaded.preprocessing,
                 threshold=loaded.threshold,
-                input=TensorSpec("image", ("batch", 3, crop, crop), "float32"),
+                input=TensorSpec(INPUT_NAME, (BATCH_AXIS, 3, crop, crop), "float32"),
                 max_batch=None,
             ),
         )
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The ``ScoringModule`` (image batch -> logit, probability) this runner calls, in eval mode."""
+        self.ensure_open()
+        return self._module
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             logit, probability = self._module(torch.from_numpy(batch))
         return {"logit": logit.numpy(), "probability": probability.numpy()}
+
+    def _close(self) -> None:
+        del self._module

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specdet import checkpoint, cli
+from specdet import cli
 from specdet.compare import compare
+from specdet.models import checkpoint
 from specdet.export.artifact import export_checkpoint
 from specdet.images import SAMPLE_PHOTOS, sample_photos
 from specdet.export.onnx import FFT_MODES
@@ -44,14 +45,14 @@ def run_demo(out: Path, *, fft_modes: tuple[str, ...] = FFT_MODES, models: tuple
     for arch in models:
         torch.manual_seed(0)
         pth = checkpoint.save(create_model(arch), out / f"{arch}.pth", source="detect-demo (random init)")
-        torch_detector = Detector(pth)
-        reference, torch_seconds = _score(torch_detector, images)
+        with Detector(pth) as detector:
+            reference, torch_seconds = _score(detector, images)
         for fft in fft_modes:
             print(f"exporting {arch} with --fft {fft} ...", file=sys.stderr, flush=True)
             result = export_checkpoint(pth, out / f"{arch}-{fft}.onnx", fft=fft, progress=False)
-            onnx_detector = Detector(result.path)
-            scores, onnx_seconds = _score(onnx_detector, images)
-            agreement = compare(reference, scores, torch_detector.threshold, onnx_detector.threshold)
+            with Detector(result.path) as onnx_detector:
+                scores, onnx_seconds = _score(onnx_detector, images)
+            agreement = compare(reference, scores, detector.threshold, onnx_detector.threshold)
             rows.append({
                 "model": arch,
                 "fft": fft,

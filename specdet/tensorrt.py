@@ -10,6 +10,13 @@ the ops the loaded libraries provide are removed, which leaves the parser one
 way to import those nodes: as plugins (looked up by op type,
 ``plugin_version`` and ``plugin_namespace``). Ops no library provides keep
 their bodies and are inlined, so the engine still builds without the plugin.
+
+An engine's manifest records each plugin library by file name and SHA-256
+(never by path: engines move between machines). :func:`resolve_plugin_libraries`
+finds them again at run time, in order: the paths the caller passes
+(``--plugins``), the ``SPECDET_TRT_PLUGINS`` environment variable, the
+installed kernel builds; the first place holding a file of that name is used,
+and its hash must match.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -25,9 +32,22 @@ import onnx
 from onnx import helper
 
 from specdet.errors import SpecdetError
+from specdet.files import file_sha256
+from specdet.manifest import PluginLibrary
 
 # The ONNX domain of our custom ops and the namespace of their TensorRT plugins: one name for both.
 PLUGIN_DOMAIN = "specdet"
+# Plugin library files or folders searched after the caller's, separated by os.pathsep.
+PLUGINS_ENV = "SPECDET_TRT_PLUGINS"
+# TensorRT DataType names -> numpy dtype names (the manifest's dtypes).
+TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
+              "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
+
+
+def numpy_dtype(trt_dtype: object) -> str:
+    """The numpy name of a ``tensorrt.DataType`` (``DataType.HALF`` -> ``"float16"``)."""
+    name = str(trt_dtype).split(".")[-1]
+    return TRT_DTYPES.get(name, name.lower())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +137,62 @@ def check_plugin_ops(model: onnx.ModelProto, provided: Iterable[str], source: st
             "and no loaded plugin library provides them: pass --plugins LIB (our kernels' plugin library), or "
             "re-export with --fft plugin (which carries fallback bodies) or --fft matmul"
         )
+
+
+def resolve_plugin_libraries(
+    libraries: Sequence[PluginLibrary],
+    *,
+    explicit: Sequence[str | os.PathLike] | None = None,
+    installed: Sequence[Path] = (),
+    environ: dict[str, str] | None = None,
+    engine: str = "the engine",
+) -> list[Path]:
+    """The file of each library in ``libraries``, found by name and checked by SHA-256.
+
+    Places, in order: ``explicit`` (files or folders), ``$SPECDET_TRT_PLUGINS``
+    (in ``environ``, default ``os.environ``; files or folders separated by
+    ``os.pathsep``), ``installed`` (folders: the kernel builds). The first
+    place holding a file of the library's name decides: one of its files
+    with the recorded hash is used, else the hash mismatch is an error.
+    ``engine`` names the engine in error messages.
+    """
+    explicit = [Path(p) for p in explicit or ()]
+    for path in explicit:
+        if not path.exists():
+            raise SpecdetError(f"--plugins {path} does not exist: pass a plugin library file or the folder holding it")
+        if path.is_file() and path.name not in {lib.name for lib in libraries}:
+            recorded = ", ".join(lib.name for lib in libraries) or "none"
+            raise SpecdetError(
+                f"--plugins {path}: {engine} was built with no plugin library of that name (it records {recorded}): "
+                "drop it, or rebuild the engine with it (detect-build --plugins)"
+            )
+    variable = (os.environ if environ is None else environ).get(PLUGINS_ENV, "")
+    places = [
+        ("--plugins", explicit),
+        (f"${PLUGINS_ENV}", [Path(p) for p in variable.split(os.pathsep) if p]),
+        ("the installed kernel builds", list(installed)),
+    ]
+    return [_resolve(library, places, engine) for library in libraries]
+
+
+def _resolve(library: PluginLibrary, places: list[tuple[str, list[Path]]], engine: str) -> Path:
+    for where, entries in places:
+        found = [p for p in (e if e.is_file() else e / library.name for e in entries)
+                 if p.name == library.name and p.is_file()]
+        if not found:
+            continue
+        for path in found:
+            if file_sha256(path) == library.sha256:
+                return path
+        got = file_sha256(found[0])
+        raise SpecdetError(
+            f"{found[0]} (from {where}) is not the {library.name} {engine} was built with (SHA-256 {got[:12]}..., "
+            f"recorded {library.sha256[:12]}...): pass the library it was built with (--plugins or ${PLUGINS_ENV}), "
+            "or rebuild the engine with detect-build against this one"
+        )
+    ops = ", ".join(str(op.get("name", op)) if isinstance(op, dict) else str(op) for op in library.ops)
+    raise SpecdetError(
+        f"{engine} needs the TensorRT plugin library {library.name}{f' (ops {ops})' if ops else ''}, found in "
+        f"neither --plugins, ${PLUGINS_ENV} nor the installed kernel builds: pass --plugins PATH or set "
+        f"{PLUGINS_ENV} to the library or its folder, or build it with python -m specdet.kernels.build"
+    )

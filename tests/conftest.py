@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from skimage import data as samples
 
-from specdet import checkpoint, models
-from specdet.manifest import write_manifest
+from specdet.models import checkpoint
+from specdet import models
+from specdet.manifest import Manifest
 
 TINY_PREPROCESSING = {
     "resize": 40,
@@ -80,7 +81,7 @@ def tiny_checkpoint(tiny_models, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
-    """The stand-in exported to ONNX (batch 1..MAX_BATCH) with a hand-written manifest."""
+    """The stand-in exported to ONNX (batch 1..MAX_BATCH) with a hand-written manifest inside."""
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     module = TinyScoring(_create_model("tiny")).eval()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
@@ -95,12 +96,16 @@ def tiny_onnx(tmp_path_factory) -> Path:
         external_data=False,
         verbose=False,
     )
-    write_manifest(path, tiny_manifest())
+    Manifest.from_dict(tiny_manifest()).write(path)
     return path
 
 
 def tiny_manifest() -> dict:
+    """The stand-in's manifest as JSON data (tests change it before writing)."""
     return {
+        "format": "specdet-manifest",
+        "version": 1,
+        "artifact": "tiny.onnx",
         "architecture": "tiny",
         "config": dataclasses.asdict(TinyConfig()),
         "preprocessing": dict(TINY_PREPROCESSING),

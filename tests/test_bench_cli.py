@@ -99,8 +99,7 @@ def test_reference_from_the_manifest_and_unlabelled_images(tiny_models, tiny_che
     # tiny.onnx's manifest names tiny.pth as its parent: found beside it, not passed.
     folder = tmp_path / "artifacts"
     folder.mkdir()
-    shutil.copy(tiny_onnx, folder / "tiny.onnx")
-    shutil.copy(tiny_onnx.with_suffix(".json"), folder / "tiny.json")
+    shutil.copy(tiny_onnx, folder / "tiny.onnx")  # its manifest inside
     shutil.copy(tiny_checkpoint, folder / "tiny.pth")
     code, out, err = _run([folder / "tiny.onnx", "--images", image_dir / "good", "--batch-sizes", "1",
                            "--backends", "onnxruntime", "--out", tmp_path / "out", "--no-plots", *FAST], capsys)
@@ -159,8 +158,7 @@ def test_no_arguments_runs_the_builtin_default(tiny_checkpoint, tiny_onnx, tmp_p
 def test_argument_errors_are_one_line(argv, message, tiny_checkpoint, tiny_onnx, tmp_path, capsys):
     alone = tmp_path / "alone"
     alone.mkdir()
-    shutil.copy(tiny_onnx, alone / "tiny.onnx")
-    shutil.copy(tiny_onnx.with_suffix(".json"), alone / "tiny.json")
+    shutil.copy(tiny_onnx, alone / "tiny.onnx")  # its manifest inside
     names = {"pth": tiny_checkpoint, "onnx": tiny_onnx, "missing": tmp_path / "nope.onnx",
              "onnx_alone": alone / "tiny.onnx"}
     argv = [a.format(**names) for a in argv]

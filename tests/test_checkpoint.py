@@ -1,4 +1,4 @@
-"""specdet.checkpoint: round trip, atomic write, weights_only loading, one-line errors."""
+"""specdet.models.checkpoint: round trip, atomic write, weights_only loading, one-line errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY_PREPROCESSING, TinyConfig, TinyDetector
-from specdet import checkpoint, models
+from specdet.models import checkpoint
+from specdet import models
 from specdet.errors import SpecdetError
 from specdet.runtime import create_runner
 

@@ -7,6 +7,7 @@ skip without one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -22,7 +23,7 @@ from specdet.errors import SpecdetError
 from specdet import tensorrt as trt_plugins
 from specdet.export import build_cli, engine, engine_stages
 from specdet.files import file_sha256
-from specdet.manifest import manifest_path, read_manifest, write_manifest
+from specdet.manifest import Manifest, engine_sidecar
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'specdet[rtx]')")
 pytestmark = pytest.mark.tensorrt
@@ -58,9 +59,9 @@ def _weight_bytes(path: Path) -> int:
 @pytest.mark.parametrize("arch, fft, precision", CASES, ids=["-".join(c) for c in CASES])
 def test_engine_io_matches_the_manifest(arch, fft, precision):
     path = built(arch, fft, precision)
-    manifest = read_manifest(path)
-    onnx_manifest = read_manifest(tiny_exports.exported(arch, fft, precision))
-    assert manifest_path(path).name == path.name + ".json"  # beside, not over, the ONNX manifest
+    manifest = Manifest.read(path).to_dict()
+    onnx_manifest = Manifest.read(tiny_exports.exported(arch, fft, precision)).to_dict()
+    assert engine_sidecar(path).is_file() and engine_sidecar(path).name == path.name + ".json"
     assert manifest["inputs"] == onnx_manifest["inputs"]
     assert manifest["outputs"] == onnx_manifest["outputs"]
     assert manifest["inputs"] == [{"name": "image", "shape": ["batch", 3, 224, 224], "dtype": "float32"}]
@@ -99,9 +100,9 @@ def test_profile_timing_cache_and_targets(tmp_path):
     result = engine.build_engine(source, out, batch=(1, 2, 3), timing_cache=cache, compute_capabilities=["8.6"])
     # TensorRT-RTX tunes kernels at run time: its timing-cache calls are no-ops, so the flag is recorded as ignored.
     assert not cache.exists()
-    assert read_manifest(out)["engine"]["timing_cache"].startswith("ignored")
+    assert Manifest.read(out).engine.details["timing_cache"].startswith("ignored")
     assert result.profile["batch"] == {"min": 1, "opt": 2, "max": 3}
-    assert read_manifest(out)["batch"] == {"min": 1, "max": 3}
+    assert Manifest.read(out).batch.max == 3
     assert result.compute_capabilities == ["8.6"]
     again = engine.build_engine(source, out, batch=(1, 2, 3), compute_capabilities=["sm86"])
     assert again.path == out and again.compute_capabilities == ["8.6"]
@@ -130,13 +131,9 @@ def test_unknown_compute_capability(tmp_path):
                             compute_capabilities=["9.0"])
 
 
-def _copy_with_manifest(source: Path, target: Path, model: onnx.ModelProto | None = None) -> Path:
-    if model is None:
-        shutil.copy(source, target)
-    else:
-        onnx.save(model, str(target))
-    data = read_manifest(source)
-    write_manifest(target, {k: v for k, v in data.items() if k not in ("format", "version", "artifact")})
+def _save(model: onnx.ModelProto, target: Path) -> Path:
+    """``model`` (loaded from an export, so carrying its manifest) saved as ``target``."""
+    onnx.save(model, str(target))
     return target
 
 
@@ -166,15 +163,15 @@ def test_manifest_names_plugin_libraries_by_file_name_and_hash(tmp_path, monkeyp
     result = engine.build_engine(tiny_exports.exported("rine_ssca_tiny", "matmul"), out, plugins=[library])
     expected = [{"name": "libspecdet_trt_plugins.so", "sha256": hashlib.sha256(library.read_bytes()).hexdigest(),
                  "ops": ["BandSplit", "SpectrumMagnitudeMean"]}]
-    assert read_manifest(out)["engine"]["plugins"] == expected and result.plugins == expected
-    assert str(library.parent) not in manifest_path(out).read_text()
+    assert Manifest.read(out).to_dict()["engine"]["plugins"] == expected and result.plugins == expected
+    assert str(library.parent) not in engine_sidecar(out).read_text()
 
 
 def test_plugin_op_without_its_library(tmp_path):
     source = tiny_exports.exported("dual_branch_tiny", "plugin")
     model = onnx.load(str(source))
     trt_plugins.strip_plugin_fallbacks(model, ["BandSplit"])
-    stripped = _copy_with_manifest(source, tmp_path / "stripped.onnx", model)
+    stripped = _save(model, tmp_path / "stripped.onnx")
     with pytest.raises(SpecdetError, match="BandSplit.*no loaded plugin library provides"):
         engine.build_engine(stripped, tmp_path / "s.engine")
 
@@ -199,7 +196,7 @@ def test_unsupported_onnx_op_is_named(tmp_path):
             if name == "logit" and node.name != "mystery":
                 node.input[i] = "logit_raw"
     model.opset_import.append(helper.make_opsetid("acme", 1))
-    odd = _copy_with_manifest(source, tmp_path / "odd.onnx", model)
+    odd = _save(model, tmp_path / "odd.onnx")
     with pytest.raises(SpecdetError, match="ONNX op Frobnicate \\(node mystery\\) is not supported by TensorRT-RTX"):
         engine.build_engine(odd, tmp_path / "odd.engine")
 
@@ -219,7 +216,7 @@ def test_cli_builds_and_reports(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert code == 0
     assert f"wrote {out}" in stdout and "fp16" in stdout and "batch 1:2:4" in stdout
-    assert json.loads(manifest_path(out).read_text())["engine"]["workspace_mb"] == 512
+    assert json.loads(engine_sidecar(out).read_text())["engine"]["workspace_mb"] == 512
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -236,10 +233,11 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
 
 
 def test_onnx_without_manifest(tmp_path, capsys):
-    lone = tmp_path / "lone.onnx"
-    shutil.copy(tiny_exports.exported("rine_ssca_tiny", "matmul"), lone)
+    model = onnx.load(str(tiny_exports.exported("rine_ssca_tiny", "matmul")))
+    del model.metadata_props[:]
+    lone = _save(model, tmp_path / "lone.onnx")
     assert build_cli.main([str(lone)]) == 2
-    assert "no manifest" in capsys.readouterr().err
+    assert "carries no specdet manifest" in capsys.readouterr().err
 
 
 # --- the tensorrt runtime backend ---
@@ -258,9 +256,8 @@ def test_runner_refuses_an_engine_of_another_library_version(tmp_path):
 
     path = tmp_path / "old.engine"
     shutil.copy(built("rine_ssca_tiny", "matmul", "fp32"), path)
-    manifest = read_manifest(built("rine_ssca_tiny", "matmul", "fp32"))
-    manifest["engine"]["library_version"] = "1.0.0.1"
-    write_manifest(path, {k: v for k, v in manifest.items() if k not in ("format", "version", "artifact")})
+    manifest = Manifest.read(built("rine_ssca_tiny", "matmul", "fp32"))
+    dataclasses.replace(manifest, engine=dataclasses.replace(manifest.engine, library_version="1.0.0.1")).write(path)
     with pytest.raises(SpecdetError, match="built with tensorrt_rtx 1.0.0.1; this is .*rebuild"):
         create_runner(path)
 
@@ -304,6 +301,11 @@ def test_engine_scores_like_onnxruntime(precision, tolerance, cuda_graphs):
         t.join()
     for value in results.values():
         np.testing.assert_allclose(value, expected, atol=tolerance)
+    runner.close()  # every thread's context and buffers, then the engine
+    runner.close()
+    with pytest.raises(SpecdetError, match="is closed"):
+        runner.infer(batch)
+    reference.close()
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("SPECDET_TRT_PLUGINS_LIB"),
@@ -317,7 +319,7 @@ def test_cli_uses_the_plugin_library(tmp_path, capsys):
     # The CLI runs the build in a child with TensorRT-RTX's library link (see build_cli._rtx_plugin_env).
     assert build_cli.main([str(tiny_exports.exported("dual_branch_tiny", "plugin")), "-o", str(out),
                            "--plugins", library]) == 0
-    info = read_manifest(out)["engine"]
+    info = Manifest.read(out).to_dict()["engine"]
     assert info["plugin_ops_stripped"] == ["BandSplit"] and info["plugin_ops_inlined"] == []
     (plugin,) = info["plugins"]
     assert set(plugin) == {"name", "sha256", "ops"} and "BandSplit" in plugin["ops"]

@@ -24,10 +24,10 @@ from specdet.export import onnx as export_onnx_module
 from specdet.models import create_model, default_preprocessing
 from specdet.runtime import Detector
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.errors import SpecdetError
 from specdet.files import file_sha256
-from specdet.manifest import manifest_path, read_manifest
+from specdet.manifest import Manifest, legacy_onnx_sidecar
 
 MODELS = ("dual_branch_tiny", "rine_ssca_tiny")
 MODES = ("dft", "matmul", "plugin")
@@ -132,14 +132,13 @@ def test_cli_reports_what_it_wrote(exported):
     assert lines[1] == "validated against PyTorch at batch sizes [2, 1]:"
     assert [line.split(":")[0].strip() for line in lines[2:]] == ["logit", "probability"]
     assert exported.err == ""
-    assert sorted(p.name for p in exported.onnx.parent.iterdir() if p.suffix != ".pth") == sorted(
-        [exported.onnx.name, manifest_path(exported.onnx).name]
-    )
+    # The manifest is inside the ONNX file: nothing else is written.
+    assert [p.name for p in exported.onnx.parent.iterdir() if p.suffix != ".pth"] == [exported.onnx.name]
 
 
-def test_manifest_beside_the_onnx_file(exported):
-    manifest = read_manifest(exported.onnx)
-    assert manifest_path(exported.onnx).is_file()
+def test_manifest_inside_the_onnx_file(exported):
+    manifest = Manifest.read(exported.onnx).to_dict()
+    assert not legacy_onnx_sidecar(exported.onnx).exists()
     assert manifest["artifact"] == exported.onnx.name
     assert manifest["architecture"] == exported.name
     assert manifest["fft_mode"] == exported.fft
@@ -324,12 +323,12 @@ def test_failed_validation_leaves_no_onnx_and_no_manifest(export_once, checkpoin
 
 
 def test_failed_manifest_write_removes_the_onnx_file(export_once, checkpoints, tmp_path, capsys, monkeypatch):
-    def refuse(path, data):
-        raise SpecdetError(f"cannot write the manifest beside {path}")
+    def refuse(manifest, path):
+        raise SpecdetError(f"cannot write the manifest into {path}")
 
     same = export_once("rine_ssca_tiny", "matmul")
     monkeypatch.setattr(export_onnx_module, "_trace", _trace_copying(same.onnx))  # the right graph: validation passes
-    monkeypatch.setattr(artifact, "write_manifest", refuse)
+    monkeypatch.setattr(artifact.Manifest, "write", refuse)
     output = tmp_path / "model.onnx"
     code = cli.main([str(checkpoints["rine_ssca_tiny"]), "-o", str(output), "--max-batch", str(MAX_BATCH)])
     _assert_one_line_error(capsys, code, "cannot write the manifest")

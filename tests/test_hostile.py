@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.runtime import cli as predict_cli
 
 preprocess_module = importlib.import_module("specdet.runtime.preprocess")

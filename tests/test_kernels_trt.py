@@ -23,7 +23,7 @@ import onnx
 import pytest
 import torch
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.models import spectral
 
 needs_rtx = pytest.mark.skipif(

@@ -7,7 +7,6 @@ islands) and ONNX DFT nodes (forced FP32).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from specdet.export.fp16.islands import find_groups, output_head
 from specdet.export.fp16.measure import run_model, storage_twin
 from specdet.export.fp16.spectral import is_dft_matrix
 from specdet.export.onnx import export_onnx
-from specdet.manifest import manifest_path, read_manifest
+from specdet.manifest import Manifest
 from specdet.runtime import Detector
 
 THUMBS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cnndetection-thumbs"
@@ -64,8 +63,8 @@ def test_fp16_file_has_fp32_io_and_fp16_weights(arch, fft):
 @pytest.mark.parametrize("arch, fft", [("dual_branch_tiny", "matmul"), ("rine_ssca_tiny", "plugin")])
 def test_manifest_records_islands_and_measured_error(arch, fft):
     fp16 = tiny_exports.exported(arch, fft, "fp16")
-    manifest = read_manifest(fp16)
-    parent = read_manifest(tiny_exports.exported(arch, fft))
+    manifest = Manifest.read(fp16).to_dict()
+    parent = Manifest.read(tiny_exports.exported(arch, fft)).to_dict()
     assert manifest["precision"] == "fp16"
     assert manifest["inputs"] == parent["inputs"] and manifest["outputs"] == parent["outputs"]
     assert manifest["parent"]["path"] == str(tiny_exports.exported(arch, fft))
@@ -259,7 +258,7 @@ def test_cli_exports_a_checkpoint_in_fp16(tmp_path, capsys):
                             "--max-batch", "2", "--precision", "fp16", "--quiet"], capsys)
     assert code == 0, stdout
     assert "fp16" in stdout and "stay FP32" in stdout and "decision agreement" in stdout
-    manifest = json.loads(manifest_path(out).read_text())
+    manifest = Manifest.read(out).to_dict()
     # The time printed is the whole job: the FP32 export and the conversion (its longest step), each given too.
     timing = re.search(r" in ([\d.]+) s \(FP32 export ([\d.]+) s, FP16 conversion ([\d.]+) s\)$", stdout.splitlines()[0])
     assert timing, stdout.splitlines()[0]
@@ -268,14 +267,13 @@ def test_cli_exports_a_checkpoint_in_fp16(tmp_path, capsys):
     assert conversion >= manifest["fp16"]["seconds"] - 0.05 and export > 0
     assert manifest["precision"] == "fp16" and manifest["batch"]["max"] == 2
     assert manifest["parent"]["path"].endswith("rine_ssca_tiny.pth")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rine-fp16.json", "rine-fp16.onnx"]  # no FP32 leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rine-fp16.onnx"]  # no FP32 leftovers, manifest inside
 
 
 def test_cli_converts_an_exported_onnx_file(tmp_path, capsys):
     source = tmp_path / "m.onnx"
     fp32 = tiny_exports.exported("rine_ssca_tiny", "matmul")
-    source.write_bytes(fp32.read_bytes())
-    manifest_path(source).write_text(manifest_path(fp32).read_text())
+    source.write_bytes(fp32.read_bytes())  # the manifest comes with it
     code, stdout, _ = _cli([str(source), "--precision", "fp16", "--calibration", str(tmp_path), "--quiet"], capsys)
     assert code == 2  # the folder has no images
     photos = tmp_path / "photos"
@@ -288,7 +286,7 @@ def test_cli_converts_an_exported_onnx_file(tmp_path, capsys):
     code, stdout, _ = _cli([str(source), "--precision", "fp16", "--calibration", str(photos), "--quiet"], capsys)
     assert code == 0
     assert "3 calibration images" in stdout
-    manifest = read_manifest(tmp_path / "m-fp16.onnx")
+    manifest = Manifest.read(tmp_path / "m-fp16.onnx").to_dict()
     assert manifest["precision"] == "fp16"
     seconds = float(re.search(r"\(.*fp16\) in ([\d.]+) s$", stdout.splitlines()[0]).group(1))
     assert seconds >= manifest["fp16"]["seconds"] - 0.05  # the conversion with its checks and writing

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
+import onnx
 import pytest
 import torch
 
@@ -85,10 +87,38 @@ def test_missing_artifact_is_one_line(tmp_path, image_dir, capsys):
 
 
 def test_onnx_without_manifest(tmp_path, tiny_onnx, image_dir, capsys):
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
     artifact = tmp_path / "model.onnx"
-    artifact.write_bytes(tiny_onnx.read_bytes())
+    onnx.save(model, str(artifact))
     assert main([str(artifact), str(image_dir / "good")]) == 2
-    assert "no manifest model.json beside model.onnx" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model.onnx carries no specdet manifest" in err and len(err.splitlines()) == 1
+
+
+def test_json_output_beside_the_model_breaks_nothing(tmp_path, tiny_onnx, image_dir, capsys):
+    """``detect-predict model.onnx --json > model.json`` once overwrote the manifest beside the ONNX file."""
+    artifact = tmp_path / "model.onnx"
+    shutil.copy(tiny_onnx, artifact)
+    assert main([str(artifact), str(image_dir / "good"), "--json"]) == 0
+    first = capsys.readouterr().out
+    (tmp_path / "model.json").write_text(first)
+    assert main([str(artifact), str(image_dir / "good"), "--json"]) == 0
+    assert capsys.readouterr().out == first
+
+
+def test_backend_options(tiny_checkpoint, tiny_onnx, image_dir, capsys):
+    image = str(image_dir / "good" / "coffee.jpg")
+    assert main([str(tiny_onnx), image, "--providers", "CPUExecutionProvider"]) == 0
+    capsys.readouterr()
+    for argv, message in (
+        ([str(tiny_onnx), image, "--providers", "NoSuchExecutionProvider"], "no execution provider"),
+        ([str(tiny_onnx), image, "--plugins", str(tiny_onnx)], "the onnxruntime backend has no option plugins"),
+        ([str(tiny_checkpoint), image, "--cuda-graphs"], "the torch backend has no option cuda_graphs"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1
 
 
 def test_no_images_found(tiny_checkpoint, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Manifests, runners (input checks, backend registry, torch vs onnxruntime) and the Detector."""
+"""Runners (input checks, backend registry and options, life cycle, torch vs onnxruntime) and the Detector."""
 
 from __future__ import annotations
 
@@ -11,51 +11,9 @@ from PIL import Image
 
 from conftest import MAX_BATCH, TINY_PREPROCESSING, tiny_manifest
 from specdet.errors import SpecdetError
-from specdet.manifest import manifest_path, read_manifest, write_manifest
+from specdet.manifest import Manifest, legacy_onnx_sidecar
 from specdet.runtime import BACKENDS, Detector, create_runner
-from specdet.runtime.base import default_backend, runner_class
-
-# ---- manifest -------------------------------------------------------------
-
-
-def test_manifest_round_trip(tmp_path):
-    artifact = tmp_path / "model.onnx"
-    assert manifest_path(artifact) == tmp_path / "model.json"
-    write_manifest(artifact, tiny_manifest())
-    data = read_manifest(artifact)
-    assert data["format"] == "specdet-manifest" and data["version"] == 1 and data["artifact"] == "model.onnx"
-    assert data["preprocessing"] == TINY_PREPROCESSING
-    assert [p.name for p in tmp_path.iterdir()] == ["model.json"]  # no temporary left behind
-
-
-def test_missing_manifest(tmp_path):
-    with pytest.raises(SpecdetError) as err:
-        read_manifest(tmp_path / "model.onnx")
-    assert str(err.value) == "no manifest model.json beside model.onnx: re-export it with detect-export"
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("{not json", "not valid JSON"),
-        (json.dumps({"format": "someone-else"}), "not a specdet manifest"),
-        (json.dumps({"format": "specdet-manifest", "version": 7}), "version 7"),
-        (json.dumps({"format": "specdet-manifest", "version": 1, "artifact": "model.onnx"}), "lacks architecture"),
-    ],
-    ids=["json", "foreign", "version", "keys"],
-)
-def test_bad_manifest(tmp_path, content, message):
-    (tmp_path / "model.json").write_text(content)
-    with pytest.raises(SpecdetError, match=message) as err:
-        read_manifest(tmp_path / "model.onnx")
-    assert "\n" not in str(err.value)
-
-
-def test_write_refuses_an_incomplete_manifest(tmp_path):
-    with pytest.raises(SpecdetError, match="lacks"):
-        write_manifest(tmp_path / "model.onnx", {"architecture": "tiny"})
-    assert not (tmp_path / "model.json").exists()
-
+from specdet.runtime.base import ArtifactInfo, default_backend, runner_class
 
 # ---- backend registry -------------------------------------------------------
 
@@ -83,8 +41,12 @@ def test_missing_onnx_artifact(tmp_path):
 def test_onnx_file_that_is_not_onnx(tmp_path):
     artifact = tmp_path / "model.onnx"
     artifact.write_text("nope")
-    write_manifest(artifact, tiny_manifest())
-    with pytest.raises(SpecdetError, match="not an ONNX model"):
+    with pytest.raises(SpecdetError, match="model.onnx is not an ONNX file"):
+        create_runner(artifact)
+    # A file that walks like protobuf (no fields at all) but that onnxruntime cannot load, with an older sidecar.
+    artifact.write_bytes(b"")
+    legacy_onnx_sidecar(artifact).write_text(json.dumps(tiny_manifest()))
+    with pytest.raises(SpecdetError, match="not an ONNX model onnxruntime can load"):
         create_runner(artifact)
 
 
@@ -140,7 +102,7 @@ def test_manifest_that_contradicts_the_onnx_file(tiny_onnx, tmp_path):
     shutil.copy(tiny_onnx, artifact)
     manifest = tiny_manifest()
     manifest["inputs"][0]["name"] = "pixels"
-    write_manifest(artifact, manifest)
+    Manifest.from_dict(manifest).write(artifact)
     with pytest.raises(SpecdetError, match="does not match its manifest"):
         create_runner(artifact)
 
@@ -188,3 +150,132 @@ def test_progress_is_reported_per_batch(tiny_checkpoint, image_dir):
 def test_bad_batch_size(tiny_checkpoint, image_dir):
     with pytest.raises(SpecdetError, match="--batch-size"):
         Detector(tiny_checkpoint).predict(image_dir / "good" / "coffee.jpg", batch_size=0)
+
+
+def test_an_onnx_file_copied_alone_scores_the_same(tiny_onnx, tmp_path, image_dir):
+    copied = tmp_path / "elsewhere" / "copied.onnx"
+    copied.parent.mkdir()
+    shutil.copy(tiny_onnx, copied)  # the one file: its manifest is inside
+    files = sorted((image_dir / "good").glob("*.png"))
+    with Detector(tiny_onnx) as original, Detector(copied) as alone:
+        np.testing.assert_array_equal(alone.predict(files), original.predict(files))
+        assert alone.threshold == original.threshold and alone.preprocessing == original.preprocessing
+    assert [p.name for p in copied.parent.iterdir()] == ["copied.onnx"]
+
+
+# ---- backend options -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "artifact, options, message",
+    [
+        ("pth", {"providers": ["CPUExecutionProvider"]}, "the torch backend has no option providers (it takes none)"),
+        ("onnx", {"plugins": ["lib.so"]}, "the onnxruntime backend has no option plugins (it takes providers)"),
+        ("onnx", {"cuda_graphs": True, "plugins": []}, "has no option plugins, cuda_graphs (it takes providers)"),
+        ("pth", {"cuda_graphs": False}, "the torch backend has no option cuda_graphs"),
+    ],
+)
+def test_an_option_the_backend_lacks_is_a_one_line_error(tiny_checkpoint, tiny_onnx, artifact, options, message):
+    path = tiny_checkpoint if artifact == "pth" else tiny_onnx
+    for make in (create_runner, Detector):
+        with pytest.raises(SpecdetError) as err:
+            make(path, **options)
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_providers_choose_what_onnxruntime_runs_on(tiny_onnx):
+    with create_runner(tiny_onnx, providers=["CPUExecutionProvider"]) as runner:
+        assert runner.session.get_providers() == ["CPUExecutionProvider"]
+    for wrong in (["NoSuchExecutionProvider"], []):
+        with pytest.raises(SpecdetError, match="has no execution provider .*: choose from .*CPUExecutionProvider"):
+            create_runner(tiny_onnx, providers=wrong)
+
+
+def test_runners_expose_what_they_run(tiny_checkpoint, tiny_onnx):
+    import onnxruntime
+    import torch
+
+    with create_runner(tiny_checkpoint) as torch_runner, create_runner(tiny_onnx) as onnx_runner:
+        assert isinstance(torch_runner.module, torch.nn.Module) and not torch_runner.module.training
+        assert isinstance(onnx_runner.session, onnxruntime.InferenceSession)
+        assert onnx_runner.info.manifest == Manifest.read(tiny_onnx)
+        assert torch_runner.info.manifest is None
+
+
+# ---- life cycle ----------------------------------------------------------------
+
+
+def test_a_closed_runner_refuses_to_run(runner):
+    batch = np.zeros((1, 3, 32, 32), np.float32)
+    with runner as same:
+        assert same is runner and runner.infer(batch)["probability"].shape == (1,)
+    assert runner.closed
+    runner.close()  # a second close does nothing
+    with pytest.raises(SpecdetError) as err:
+        runner.infer(batch)
+    assert str(err.value) == f"the {runner.name} runner of {runner.artifact.name} is closed: create a new one"
+    accessor = "module" if runner.name == "torch" else "session"
+    with pytest.raises(SpecdetError, match="is closed"):
+        getattr(runner, accessor)
+    assert runner.input_spec().name == "image"  # what it learned from the artifact stays readable
+
+
+def test_close_releases_the_backend_objects(tiny_onnx):
+    import gc
+    import weakref
+
+    runner = create_runner(tiny_onnx)
+    session = weakref.ref(runner.session)
+    runner.close()
+    gc.collect()
+    assert session() is None
+
+
+def test_a_closed_detector_refuses_before_reading_images(tiny_onnx, image_dir):
+    with Detector(tiny_onnx) as detector:
+        assert detector.predict(image_dir / "good" / "coffee.jpg").shape == (1,)
+    assert detector.runner.closed
+    detector.close()
+    with pytest.raises(SpecdetError, match="is closed"):
+        detector.predict_files([image_dir / "absent.jpg"])
+
+
+def test_a_detector_that_fails_to_start_closes_its_runner(tiny_onnx, tmp_path, monkeypatch):
+    from specdet.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    closed = []
+    monkeypatch.setattr(OnnxRuntimeRunner, "_close", lambda self: closed.append(self.artifact.name))
+    artifact = tmp_path / "cropped.onnx"
+    shutil.copy(tiny_onnx, artifact)
+    manifest = tiny_manifest()
+    manifest["preprocessing"]["crop"] = 30  # the file takes 32x32
+    Manifest.from_dict(manifest).write(artifact)
+    with pytest.raises(SpecdetError, match="takes 32x32 images but its preprocessing crops 30x30"):
+        Detector(artifact)
+    assert closed == ["cropped.onnx"]
+
+
+def test_tensorrt_close_frees_every_thread_s_state_once():
+    """The tensorrt runner needs a GPU to load; its close() is checked on stand-in thread states."""
+    import threading
+
+    from specdet.runtime.tensorrt_runner import TensorRTRunner
+
+    class State:
+        released = 0
+
+        def release(self):
+            self.released += 1
+
+    runner = TensorRTRunner.__new__(TensorRTRunner)  # skips loading: no engine here
+    info = ArtifactInfo.from_manifest(Manifest.from_dict(tiny_manifest()))
+    super(TensorRTRunner, runner).__init__("m.engine", info)
+    states = [State(), State()]
+    runner._states, runner._states_lock, runner._local = list(states), threading.Lock(), threading.local()
+    runner._engine, runner._runtime = object(), object()
+    runner.close()
+    runner.close()
+    assert [s.released for s in states] == [1, 1] and runner._states == []
+    assert not hasattr(runner, "_engine") and not hasattr(runner, "_runtime")
+    with pytest.raises(SpecdetError, match="the tensorrt runner of m.engine is closed"):
+        runner.engine

@@ -68,7 +68,7 @@ def test_two_gloo_processes_average_gradients_and_stay_in_step():
 
 
 def test_torchrun_trains_with_two_processes(tmp_path):
-    from specdet import checkpoint
+    from specdet.models import checkpoint
     from specdet.train.make_data import make_demo_data
 
     make_demo_data(tmp_path / "demo", train_crops=8, val_crops=4, size=64, seed=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.export.artifact import convert_to_fp16, export_checkpoint
 from specdet.models import create_model
 

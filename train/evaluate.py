@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.errors import SpecdetError
 from specdet.models import ScoringModule
 from specdet.train import distributed

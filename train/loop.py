@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from specdet import checkpoint
+from specdet.models import checkpoint
 from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.files import check_output

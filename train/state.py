@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from specdet.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from specdet.checkpoint import atomic_write
+from specdet.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from specdet.files import atomic_write
 from specdet.errors import SpecdetError
 
 FORMAT = "specdet-train-state"

@@ -115,7 +115,7 @@ def _read(path: Path) -> Any:
         if "weights only load failed" in reason.lower():
             raise SpecdetError(
                 f"{path} holds pickled Python objects, which are refused for safety: "
-                "save only tensors and plain containers (specdet.checkpoint.save does)"
+                "save only tensors and plain containers (specdet.models.checkpoint.save does)"
             ) from err
         raise SpecdetError(
             f"{path} is not a readable checkpoint ({reason}): pass a .pth written by detect-train"
@@ -138,7 +138,7 @@ def _checkpoint_fields(path: Path, content: dict, arch: str | None) -> dict[str,
         )
     missing = [k for k in ("architecture", "config", "state_dict", "preprocessing", "threshold") if k not in content]
     if missing:
-        raise SpecdetError(f"{path} lacks {', '.join(missing)}: re-save it with specdet.checkpoint.save")
+        raise SpecdetError(f"{path} lacks {', '.join(missing)}: re-save it with specdet.models.checkpoint.save")
     if arch is not None and arch != content["architecture"]:
         raise SpecdetError(f"{path} holds a {content['architecture']} model, not {arch}: drop --arch")
     return {
