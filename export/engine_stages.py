@@ -292,7 +292,7 @@ class WriteManifest:
             "build_seconds": round(seconds, 3),
             "size_bytes": output.stat().st_size,
         }
-        carried = {k: v for k, v in manifest.items() if k not in ("format", "version", "artifact", "parent", "validation")}
+        carried = {k: v for k, v in manifest.items() if k not in ("artifact", "parent", "validation")}
         try:
             Manifest.from_dict({
                 **carried,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +25,7 @@ def test_outputs_that_are_not_numbers_fail_parity(tmp_path, monkeypatch, capsys)
     scores = iter([finite, finite.copy(), finite, broken])
     monkeypatch.setattr(demo, "_score", lambda detector, images: (next(scores), 0.001))
     monkeypatch.setattr(demo, "export_checkpoint", lambda pth, path, **kwargs: SimpleNamespace(path=path, size_bytes=0))
-    monkeypatch.setattr(demo, "Detector", lambda path: SimpleNamespace(threshold=0.5))
+    monkeypatch.setattr(demo, "Detector", lambda path: contextlib.nullcontext(SimpleNamespace(threshold=0.5)))
     assert demo.main(["--out", str(tmp_path), "--fft", "matmul"]) == 1
     out, err = capsys.readouterr()
     assert "| rine_ssca_tiny | matmul | rine_ssca_tiny-matmul.onnx | 0.0 | inf | 50% |" in out

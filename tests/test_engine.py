@@ -223,7 +223,6 @@ def test_cli_builds_and_reports(tmp_path, capsys):
     (["/nonexistent.onnx"], "not found"),
     (["{onnx}", "-o", "x.trt"], "must end in .engine"),
     (["{onnx}", "--batch", "1:9"], "outside the ONNX file's batch range"),
-    (["{onnx}", "--workspace", "0"], "at least 1 MB"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
     source = str(tiny_exports.exported("rine_ssca_tiny", "matmul"))

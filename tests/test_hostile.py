@@ -204,6 +204,7 @@ ARGUMENT_CASES = [
     ("specdet.export.cli", ["m.pth", "--opset", "999"], "--opset: 999 is out of range"),
     ("specdet.export.cli", ["m.pth", "--max-batch", "100000000000"], "--max-batch: 100000000000 is out of range"),
     ("specdet.export.cli", ["m.pth", "--fp16-tolerance", "nan"], "--fp16-tolerance: nan is out of range"),
+    ("specdet.export.cli", ["m.pth", "--precision", "fp16", "--calibration-count", "0"], "--calibration-count: 0 is out"),
     ("specdet.train.cli", ["--arch", "a", "--data", "d", "--lr", "-1"], "--lr: -1 is out of range"),
     ("specdet.train.cli", ["--arch", "a", "--data", "d", "--threads", "0"], "--threads: 0 is out of range"),
     ("specdet.train.cli", ["--arch", "a", "--data", "d", "--device", "tpu"], "'tpu' is not a device"),
