@@ -63,6 +63,7 @@ class CppDetector:
     """One ``specdet_detector``: ``predict`` takes arrays (HxW, HxWx3, HxWx4 uint8) or encoded bytes."""
 
     def __init__(self, library: str | os.PathLike, artifact: str | os.PathLike, **options: int | str):
+        self._handle = None
         self._lib = load_library(library)
         handle = ctypes.c_void_p()
         opts = ctypes.c_void_p()

@@ -69,6 +69,7 @@ Rgb decode_jpeg(const uint8_t* data, size_t size, const ImageLimits& limits) {
   std::vector<uint8_t> scanline;
   Rgb out;
   int status = SPECDET_OK;
+  int orientation = 1;
   std::string reason;
   jpeg_create_decompress(&info);
   if (setjmp(errors.jump)) {
@@ -78,6 +79,8 @@ Rgb decode_jpeg(const uint8_t* data, size_t size, const ImageLimits& limits) {
   jpeg_mem_src(&info, data, static_cast<unsigned long>(size));
   jpeg_save_markers(&info, JPEG_APP0 + 1, 0xFFFF);
   jpeg_read_header(&info, TRUE);
+  // Saved markers live in libjpeg's image pool, which jpeg_finish_decompress frees: read them now.
+  orientation = orientation_of(&info);
   const bool cmyk = info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK;
   const bool gray = info.jpeg_color_space == JCS_GRAYSCALE;
   info.out_color_space = cmyk ? JCS_CMYK : gray ? JCS_GRAYSCALE : JCS_RGB;
@@ -109,7 +112,6 @@ Rgb decode_jpeg(const uint8_t* data, size_t size, const ImageLimits& limits) {
     }
     jpeg_finish_decompress(&info);
   }
-  const int orientation = status == SPECDET_OK ? orientation_of(&info) : 1;
   jpeg_destroy_decompress(&info);
   if (status != SPECDET_OK) fail(status, reason);
   if (errors.truncated) fail(SPECDET_ERROR_IMAGE, "truncated JPEG (premature end of data)");
