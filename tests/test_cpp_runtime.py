@@ -284,3 +284,22 @@ def test_missing_runtime_library_is_an_error(cpp, tiny_onnx):
     result = run(cpp.outputs["specdet-score"], tiny_onnx, cpp.library,
                  env={"SPECDET_ONNXRUNTIME_LIBRARY": "/nowhere/libonnxruntime.so.1"})
     assert result.returncode == 2 and "cannot load ONNX Runtime" in result.stderr
+
+
+def test_readme_cpp_example_compiles_and_runs(cpp, tiny_onnx, image_dir, tmp_path):
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from specdet.runtime.cpp.build import SOURCE_DIR, find_compiler
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (source,) = re.findall(r"^```cpp\n(.*?)^```", readme, re.S | re.M)
+    (tmp_path / "app.cpp").write_text(source)
+    library_dir = cpp.library.parent
+    subprocess.run([find_compiler(), "-std=c++17", f"-I{SOURCE_DIR / 'include'}", str(tmp_path / "app.cpp"),
+                    f"-L{library_dir}", "-lspecdet_runtime", f"-Wl,-rpath,{library_dir}", "-o", str(tmp_path / "app")],
+                   check=True)
+    good = image_dir / "good" / "coffee.jpg"
+    result = run(tmp_path / "app", tiny_onnx, good, image_dir / "bad" / "text.png")
+    assert result.returncode == 0 and result.stdout.startswith(f"{good} ") and "skipped" in result.stderr
