@@ -303,3 +303,18 @@ def test_readme_cpp_example_compiles_and_runs(cpp, tiny_onnx, image_dir, tmp_pat
     good = image_dir / "good" / "coffee.jpg"
     result = run(tmp_path / "app", tiny_onnx, good, image_dir / "bad" / "text.png")
     assert result.returncode == 0 and result.stdout.startswith(f"{good} ") and "skipped" in result.stderr
+
+
+def test_bench_variant_runs_the_library(cpp, tiny_onnx):
+    from specdet.benchmarks import variants
+    from specdet.runtime import create_runner
+
+    assert "cpp-onnxruntime" not in [v.name for v, _ in variants.select(["onnxruntime"], tiny_onnx, [tiny_onnx],
+                                                                        strict=False)]
+    (pair,) = variants.select(["cpp-onnxruntime"], tiny_onnx, [tiny_onnx], strict=True)
+    loaded = variants.load(*pair, threads=1)
+    batch = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    ours = loaded.runner.infer(batch)
+    theirs = create_runner(tiny_onnx, "onnxruntime").infer(batch)
+    assert np.abs(ours["probability"] - theirs["probability"]).max() <= 1e-6
+    assert set(loaded.facts["preprocessing_ms_per_image"]) == {"cpp", "python"}

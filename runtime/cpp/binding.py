@@ -52,6 +52,7 @@ def load_library(path: str | os.PathLike) -> ctypes.CDLL:
         "specdet_detector_threshold": ([p, ctypes.POINTER(ctypes.c_double)], ctypes.c_int),
         "specdet_detector_score": ([p, ctypes.POINTER(p), sz, p, p, p, p, sz], ctypes.c_int),
         "specdet_detector_preprocess": ([p, p, p, sz], ctypes.c_int),
+        "specdet_detector_infer": ([p, p, sz, sz, p, p, p, sz], ctypes.c_int),
     }
     for name, (args, result) in signatures.items():
         function = getattr(lib, name)
@@ -157,6 +158,15 @@ class CppDetector:
         finally:
             for image in images:
                 self._lib.specdet_image_destroy(image)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run preprocessed float32 ``[N, 3, crop, crop]`` tensors: ``{"logit", "probability"}``, as a Runner's _infer."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = batch.shape[0]
+        out = {"probability": np.empty(n, np.float32), "logit": np.empty(n, np.float32)}
+        self._check(self._lib.specdet_detector_infer(self._handle, batch.ctypes.data, batch.size, n,
+                                                     out["probability"].ctypes.data, out["logit"].ctypes.data, None, n))
+        return out
 
     def predict(self, sources: Sequence[np.ndarray | bytes]) -> np.ndarray:
         """Probabilities; the first unreadable image raises."""

@@ -312,4 +312,21 @@ int specdet_detector_preprocess(const specdet_detector* detector, const specdet_
   });
 }
 
+int specdet_detector_infer(const specdet_detector* detector, const float* input, size_t input_size, size_t count,
+                           float* probabilities, float* logits, int32_t* labels, size_t capacity) {
+  return guard([&] {
+    REQUIRE(detector, "specdet_detector_infer: detector is NULL");
+    REQUIRE(input || count == 0, "specdet_detector_infer: input is NULL");
+    const size_t per_image = static_cast<size_t>(detector->detector.input_size());
+    REQUIRE(count == 0 || input_size == count * per_image,
+            "specdet_detector_infer: input_size " + std::to_string(input_size) + " is not count * " +
+                std::to_string(per_image) + " = " + std::to_string(count * per_image));
+    if (capacity < count && (probabilities || logits || labels))
+      return fail(SPECDET_ERROR_BUFFER_TOO_SMALL, "specdet_detector_infer: output capacity " + std::to_string(capacity) +
+                                                      " is below the " + std::to_string(count) + " tensors");
+    detector->detector.infer(input, count, probabilities, logits, labels);
+    return SPECDET_OK;
+  });
+}
+
 }  // extern "C"

@@ -54,6 +54,29 @@ void Detector::preprocess(const Input& input, float* out) const {
   specdet::preprocess(load(input), manifest().preprocessing, out);
 }
 
+void Detector::infer(const float* input, size_t count, float* probabilities, float* logits, int32_t* labels) const {
+  const size_t size = static_cast<size_t>(input_size());
+  const size_t step = static_cast<size_t>(manifest().max_batch), least = static_cast<size_t>(manifest().min_batch);
+  std::vector<float> padded, batch_logits, batch_probabilities;
+  for (size_t start = 0; start < count; start += step) {
+    const size_t n = std::min(count - start, step), rows = std::max(n, least);
+    const float* data = input + start * size;
+    if (rows > n) {  // below the artifact's minimum batch: pad with copies of the first tensor
+      padded.assign(data, data + n * size);
+      for (size_t r = n; r < rows; ++r) padded.insert(padded.end(), data, data + size);
+      data = padded.data();
+    }
+    batch_logits.resize(rows);
+    batch_probabilities.resize(rows);
+    backend_->run(data, static_cast<int64_t>(rows), batch_logits.data(), batch_probabilities.data());
+    for (size_t r = 0; r < n; ++r) {
+      if (probabilities) probabilities[start + r] = batch_probabilities[r];
+      if (logits) logits[start + r] = batch_logits[r];
+      if (labels) labels[start + r] = batch_probabilities[r] >= manifest().threshold ? SPECDET_LABEL_FAKE : SPECDET_LABEL_REAL;
+    }
+  }
+}
+
 std::string Detector::score(const Input* const* inputs, size_t count, float* probabilities, float* logits, int32_t* labels,
                      int32_t* statuses) const {
   const size_t size = static_cast<size_t>(input_size());

@@ -34,6 +34,9 @@ class Detector {
 
   // See specdet_detector_score. statuses may be null; the arrays hold `count` elements. Returns the
   // message of the last image that could not be read (statuses given), or "".
+  // Run preprocessed tensors (count * input_size floats) in batches of at most max_batch.
+  void infer(const float* input, size_t count, float* probabilities, float* logits, int32_t* labels) const;
+
   std::string score(const Input* const* inputs, size_t count, float* probabilities, float* logits, int32_t* labels,
              int32_t* statuses) const;
 

@@ -183,6 +183,14 @@ int main(int argc, char** argv) {
   expect_status(specdet_detector_preprocess(detector, good, tensor, (size_t)input_size - 1),
                 SPECDET_ERROR_BUFFER_TOO_SMALL, "preprocess: buffer one float short");
   expect_status(specdet_detector_preprocess(detector, good, tensor, (size_t)input_size), SPECDET_OK, "preprocess");
+  float inferred = -1;
+  expect_status(specdet_detector_infer(detector, tensor, (size_t)input_size - 1, 1, &inferred, NULL, NULL, 1),
+                SPECDET_ERROR_INVALID_ARGUMENT, "infer: input_size not count * input_size");
+  expect_status(specdet_detector_infer(detector, tensor, (size_t)input_size, 1, &inferred, NULL, NULL, 0),
+                SPECDET_ERROR_BUFFER_TOO_SMALL, "infer: capacity 0");
+  expect_status(specdet_detector_infer(detector, tensor, (size_t)input_size, 1, &inferred, NULL, NULL, 1), SPECDET_OK,
+                "infer a preprocessed tensor");
+  expect(inferred == probabilities[0], "infer(preprocess(image)) == score(image)");
   free(tensor);
 
   /* bad images */

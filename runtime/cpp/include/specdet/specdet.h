@@ -183,6 +183,15 @@ SPECDET_API int specdet_detector_score(const specdet_detector* detector, const s
 SPECDET_API int specdet_detector_preprocess(const specdet_detector* detector, const specdet_image* image,
                                             float* out, size_t capacity);
 
+/* Run the model on `count` tensors already preprocessed (as specdet_detector_preprocess writes them):
+ * `input` holds count * "input_size" floats, `input_size` is their number (checked). Batches above the
+ * manifest's max batch are split. Outputs as in specdet_detector_score (each may be NULL; non-NULL
+ * ones hold `capacity` >= count elements). For callers that preprocess themselves, and for timing
+ * inference apart from decoding. Thread-safe. */
+SPECDET_API int specdet_detector_infer(const specdet_detector* detector, const float* input, size_t input_size,
+                                       size_t count, float* probabilities, float* logits, int32_t* labels,
+                                       size_t capacity);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
