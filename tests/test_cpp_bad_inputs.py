@@ -173,3 +173,19 @@ def test_sanitized_scoring_of_bad_and_good_images(cpp_sanitized, tiny_onnx, bad_
     result = run(cpp_sanitized.outputs["specdet-score"], broken, folder, env=SANITIZER_ENV)
     _clean(result)
     assert result.returncode == 2
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_backend_compiles_against_the_public_headers(tmp_path):
+    """The TensorRT backend is compile-checked only: it runs on a GPU with TensorRT, which CI lacks."""
+    import os
+
+    from specdet.runtime.cpp import build as cpp_build
+
+    root = os.environ.get("TensorRT_ROOT")
+    if not root or not os.path.isfile(os.path.join(root, "include", "NvInfer.h")):
+        pytest.skip("no TensorRT headers ($TensorRT_ROOT): the TensorRT backend is built where TensorRT is installed")
+    if cpp_build.find_compiler() is None:
+        pytest.skip("no C++ compiler")
+    result = cpp_build.build(tmp_path / "trt", tensorrt_root=root)
+    assert "libspecdet_runtime" in result.outputs

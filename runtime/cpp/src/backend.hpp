@@ -16,6 +16,7 @@ struct Options {
   std::string onnxruntime_library;
   std::string manifest;
   std::string plugin_library;
+  std::string tensorrt_library;
   int64_t intra_op_threads = 0;
   int64_t device = 0;
   bool cuda_graphs = false;

@@ -110,9 +110,12 @@ int specdet_options_set_string(specdet_options* options, const char* key, const 
       o.manifest = value;
     } else if (k == "plugin_library") {
       o.plugin_library = value;
+    } else if (k == "tensorrt_library") {
+      o.tensorrt_library = value;
     } else {
       return fail(SPECDET_ERROR_UNKNOWN_OPTION,
-                  "unknown string option '" + k + "': known: backend, onnxruntime_library, manifest, plugin_library");
+                  "unknown string option '" + k + "': known: backend, onnxruntime_library, manifest, plugin_library, "
+                  "tensorrt_library");
     }
     return SPECDET_OK;
   });

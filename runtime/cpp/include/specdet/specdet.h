@@ -102,7 +102,10 @@ SPECDET_API void specdet_options_destroy(specdet_options* options);
  *                          "libonnxruntime.so.1" from the dynamic loader's search path)
  *   "manifest"             path of the manifest JSON (default: inside the .onnx, else
  *                          <file>.specdet.json, else <stem>.json; engines: <file>.json)
- *   "plugin_library"       TensorRT: our plugin library to load before deserialising (default: none)
+ *   "plugin_library"       TensorRT: our plugin library to load before deserialising (default: the
+ *                          manifest's engine.plugins)
+ *   "tensorrt_library"     TensorRT: the runtime library (default: libnvinfer.so.<major of the headers>,
+ *                          or libtensorrt_rtx.so.1 for engines the manifest says TensorRT-RTX built)
  * Returns SPECDET_ERROR_UNKNOWN_OPTION for any other key, including integer keys. */
 SPECDET_API int specdet_options_set_string(specdet_options* options, const char* key, const char* value);
 
