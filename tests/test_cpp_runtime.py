@@ -104,6 +104,15 @@ def test_decoded_pixels_score_as_python(cpp, dual_tiny):
     assert np.abs(got - expected).max() <= 1e-5
 
 
+def test_fp16_artifact_scores_as_python(cpp):
+    """An FP16 file: inputs converted to half with numpy's rounding, ONNX Runtime below its layout optimiser."""
+    fp16 = tiny_exports.exported("dual_branch_tiny", "matmul", "fp16")  # shared with test_precision.py
+    arrays = _arrays()
+    detector = CppDetector(cpp.library, fp16)
+    assert detector.get_string("precision") == "fp16"
+    assert np.abs(detector.predict(arrays) - Detector(fp16).predict(arrays)).max() <= 1e-5
+
+
 # ---- encoded files ---------------------------------------------------------------------------
 
 
