@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import json
 import os
 import shutil
 import time
@@ -48,6 +49,7 @@ class Variant:
     load: Callable[[Path, int | None], Runner]  # (artifact, threads) -> runner
     requires: Callable[[], str | None] = lambda: None  # why it cannot run on this machine, or None
     precision: str | None = None  # None: the artifact's own (from its manifest)
+    by_name_only: bool = False  # True: a backend token (e.g. "onnxruntime") does not select it, its name does
 
     @property
     def suffixes(self) -> tuple[str, ...]:
@@ -225,6 +227,69 @@ def _tensorrt() -> str | None:
     return _cuda()
 
 
+# ---- the C++ runtime (libspecdet_runtime, through its C ABI) -------------------
+
+
+class CppRunner(Runner):
+    """An ``.onnx`` run by libspecdet_runtime (``runtime/cpp``) through its C ABI: ONNX Runtime's C API,
+    no Python in the timed call but the ctypes crossing."""
+
+    name = "onnxruntime"
+
+    def __init__(self, artifact: Path, threads: int | None):
+        from specdet.runtime.base import ArtifactInfo
+        from specdet.runtime.cpp.binding import CppDetector
+        from specdet.runtime.cpp.build import build
+
+        self.library = build().library  # cached by source hash: built once per machine
+        self.threads = threads
+        options = {"intra_op_threads": threads} if threads else {}
+        self.detector = CppDetector(self.library, artifact, **options)
+        super().__init__(artifact, ArtifactInfo.from_manifest(json.loads(self.detector.get_string("manifest"))))
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.detector.infer(batch)
+
+
+def _cpp(artifact: Path, threads: int | None) -> Runner:
+    return CppRunner(artifact, threads)
+
+
+def _cpp_toolchain() -> str | None:
+    from specdet.runtime.cpp.build import find_compiler
+
+    if shutil.which("cmake") is None or find_compiler() is None:
+        return "building libspecdet_runtime needs cmake and a C++ compiler: apt-get install cmake g++"
+    return None
+
+
+def _describe_cpp(variant: Variant, runner: Runner) -> dict[str, Any]:
+    """As ONNX Runtime's facts, plus the per-image preprocessing cost of C++ and of Python on the sample photos."""
+    import onnxruntime
+
+    from specdet.images import sample_photos
+    from specdet.runtime.preprocess import preprocess
+
+    detector = runner.detector
+    photos = [array for _, array in sample_photos()]
+    spec = runner.info.preprocessing
+    cost = {}
+    for name, one in (("cpp", detector.preprocess), ("python", lambda a: preprocess(a, spec))):
+        start = time.perf_counter()
+        for array in photos:
+            one(array)
+        cost[name] = round((time.perf_counter() - start) * 1000 / len(photos), 3)
+    manifest = json.loads(detector.get_string("manifest"))
+    return {
+        "library": {"libspecdet_runtime": str(runner.library), "onnxruntime": onnxruntime.__version__},
+        "provider": "CPUExecutionProvider (ONNX Runtime C API, dlopen)",
+        "precision": manifest.get("precision", "fp32"),
+        "fft_mode": manifest.get("fft_mode"),
+        "threads": runner.threads or _physical_cores(),  # 0: ONNX Runtime's default, the physical cores
+        "preprocessing_ms_per_image": cost,  # decoded sample photos: resize, crop, normalise
+    }
+
+
 # ---- the registry -------------------------------------------------------------
 
 VARIANTS: dict[str, Variant] = {}
@@ -273,6 +338,8 @@ for _variant in (
             _onnxruntime("CPUExecutionProvider")),
     Variant("onnxruntime-cuda", "onnxruntime", "cuda", "ONNX Runtime, CUDA execution provider (CPU for nodes it lacks)",
             _onnxruntime("CUDAExecutionProvider", "CPUExecutionProvider"), requires=_onnxruntime_cuda),
+    Variant("cpp-onnxruntime", "onnxruntime", "cpu", "libspecdet_runtime (C++, ONNX Runtime C API) through its C ABI",
+            _cpp, requires=_cpp_toolchain, by_name_only=True),  # it builds a library: only when asked for
     Variant("tensorrt", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine", _engine(), requires=_tensorrt),
     Variant("tensorrt-cuda-graphs", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine, replayed as a CUDA graph",
             _engine(cuda_graphs=True), requires=_tensorrt),
@@ -308,7 +375,8 @@ def select(tokens: Sequence[str], checkpoint: Path, artifacts: Sequence[Path], *
     """
     pairs: list[tuple[Variant, Path]] = []
     for token in tokens:
-        named = [VARIANTS[token]] if token in VARIANTS else [v for v in VARIANTS.values() if v.backend == token]
+        named = ([VARIANTS[token]] if token in VARIANTS
+                 else [v for v in VARIANTS.values() if v.backend == token and not v.by_name_only])
         found, reasons = [], []
         for variant in named:
             reason = variant.requires()
@@ -330,7 +398,7 @@ def why_not(artifact: Path, tokens: Sequence[str]) -> str:
     kind = [v for v in VARIANTS.values() if v.runs(artifact)]
     named = [v for v in kind if v.name in tokens or v.backend in tokens]
     if not named:
-        return f"--backends names none of {', '.join(v.name for v in kind)}"
+        return f"--backends names none of {', '.join(v.name for v in kind if not v.by_name_only)}"
     return "; ".join(f"{v.name}: {v.requires()}" for v in named if v.requires())
 
 
@@ -347,7 +415,7 @@ def load(variant: Variant, artifact: Path, threads: int | None) -> Loaded:
 def describe(variant: Variant, runner: Runner, threads: int | None) -> dict[str, Any]:
     """What exactly runs, for the row that reports it."""
     facts = {"backend": variant.backend, "device": variant.device, "threads_requested": threads}
-    facts.update(_DESCRIBE[variant.backend](variant, runner))
+    facts.update(_DESCRIBE.get(variant.name, _DESCRIBE[variant.backend])(variant, runner))
     if variant.precision:
         facts["precision"] = variant.precision
     return facts
@@ -411,7 +479,8 @@ def _describe_tensorrt(variant: Variant, runner: Runner) -> dict[str, Any]:
     }
 
 
-_DESCRIBE = {"torch": _describe_torch, "onnxruntime": _describe_onnxruntime, "tensorrt": _describe_tensorrt}
+_DESCRIBE = {"torch": _describe_torch, "onnxruntime": _describe_onnxruntime, "tensorrt": _describe_tensorrt,
+             "cpp-onnxruntime": _describe_cpp}
 
 
 @functools.cache
