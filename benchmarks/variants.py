@@ -237,6 +237,7 @@ class CppRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, artifact: Path, threads: int | None):
+        from specdet.manifest import Manifest
         from specdet.runtime.base import ArtifactInfo
         from specdet.runtime.cpp.binding import CppDetector
         from specdet.runtime.cpp.build import build
@@ -245,10 +246,14 @@ class CppRunner(Runner):
         self.threads = threads
         options = {"intra_op_threads": threads} if threads else {}
         self.detector = CppDetector(self.library, artifact, **options)
-        super().__init__(artifact, ArtifactInfo.from_manifest(json.loads(self.detector.get_string("manifest"))))
+        manifest = Manifest.from_dict(json.loads(self.detector.get_string("manifest")), f"{artifact.name} (as C++ read it)")
+        super().__init__(artifact, ArtifactInfo.from_manifest(manifest))
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.detector.infer(batch)
+
+    def _close(self) -> None:
+        self.detector.close()
 
 
 def _cpp(artifact: Path, threads: int | None) -> Runner:

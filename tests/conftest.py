@@ -20,6 +20,9 @@ from specdet.models import checkpoint
 from specdet import models
 from specdet.manifest import Manifest
 
+# The C/C++ runtime's build fixtures (cpp, cpp_sanitized), for its two test files.
+pytest_plugins = ["cpp_support"]
+
 TINY_PREPROCESSING = {
     "resize": 40,
     "crop": 32,

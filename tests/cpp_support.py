@@ -7,6 +7,7 @@ JSON library, decoder or ONNX Runtime header is a failure, since CI installs the
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -77,3 +78,26 @@ def png_bytes(pixels, color_type: int, bit_depth: int, *, palette: bytes = b"", 
 def exif_orientation_block(orientation: int) -> bytes:
     """A little-endian TIFF block with one IFD entry: Orientation (0x0112) = ``orientation``."""
     return b"II*\x00" + struct.pack("<IHHHIHHI", 8, 1, 0x0112, 3, 1, orientation, 0, 0)
+
+
+MANIFEST_KEY = "specdet.manifest"  # where an exported ONNX file carries its manifest (specdet.manifest)
+
+
+def embedded_manifest(path) -> dict:
+    """The manifest inside an ONNX file, as JSON data."""
+    from specdet import onnx_metadata
+
+    return json.loads(onnx_metadata.read_metadata(path)[MANIFEST_KEY])
+
+
+def copy_with_manifest(source, target, text: str | None):
+    """A copy of the ONNX file ``source`` whose embedded manifest is ``text`` (None: no manifest inside)."""
+    import onnx
+
+    model = onnx.load(source)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != MANIFEST_KEY]
+    del model.metadata_props[:]
+    for key, value in kept + ([(MANIFEST_KEY, text)] if text is not None else []):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, target)
+    return target

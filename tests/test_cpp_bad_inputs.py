@@ -8,9 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from cpp_support import SANITIZER_ENV, cpp, cpp_sanitized, png_bytes, run  # noqa: F401 (fixtures)
+from cpp_support import SANITIZER_ENV, copy_with_manifest, embedded_manifest, png_bytes, run
 from specdet.runtime.cpp.binding import CppDetector, RuntimeError_
 
 
@@ -76,15 +75,11 @@ def test_missing_file_and_folder_given_as_a_file(cpp, tiny_onnx, bad_images, tmp
 
 def _artifact_with(tiny_onnx, folder, edit=None, text=None):
     folder.mkdir(parents=True, exist_ok=True)
-    artifact = folder / "model.onnx"
-    shutil.copy(tiny_onnx, artifact)
-    if text is not None:
-        artifact.with_suffix(".json").write_text(text)
-    elif edit is not None:
-        manifest = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    if edit is not None:
+        manifest = embedded_manifest(tiny_onnx)
         edit(manifest)
-        artifact.with_suffix(".json").write_text(json.dumps(manifest))
-    return artifact
+        text = json.dumps(manifest)
+    return copy_with_manifest(tiny_onnx, folder / "model.onnx", text)
 
 
 def _drop(key):
@@ -138,7 +133,7 @@ def test_artifact_that_is_not_onnx(cpp, tiny_onnx, tmp_path):
 def test_engine_without_tensorrt_is_unsupported(cpp, tiny_onnx, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0" * 64)
-    (tmp_path / "model.engine.json").write_text(tiny_onnx.with_suffix(".json").read_text())
+    (tmp_path / "model.engine.json").write_text(json.dumps(embedded_manifest(tiny_onnx)))
     with pytest.raises(RuntimeError_, match="built without TensorRT") as err:
         CppDetector(cpp.library, engine)
     assert err.value.status == "UNSUPPORTED"

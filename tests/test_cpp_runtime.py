@@ -11,13 +11,12 @@ import json
 import shutil
 
 import numpy as np
-import onnx
 import pytest
 from PIL import Image
 from skimage import data as samples
 
 import tiny_exports
-from cpp_support import THUMBS, cpp, exif_orientation_block, png_bytes, run  # noqa: F401 (fixtures)
+from cpp_support import THUMBS, copy_with_manifest, embedded_manifest, exif_orientation_block, png_bytes, run
 from specdet.images import sample_photos
 from specdet.runtime import Detector
 from specdet.runtime.cpp.binding import CppDetector, RuntimeError_
@@ -33,12 +32,9 @@ def dual_tiny():
 def _with_preprocessing(artifact, folder, **changes):
     """A copy of ``artifact`` whose manifest preprocesses differently (both runtimes read it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    copy = folder / artifact.name
-    shutil.copy(artifact, copy)
-    manifest = json.loads(artifact.with_suffix(".json").read_text())
+    manifest = embedded_manifest(artifact)
     manifest["preprocessing"].update(changes)
-    copy.with_suffix(".json").write_text(json.dumps(manifest))
-    return copy
+    return copy_with_manifest(artifact, folder / artifact.name, json.dumps(manifest))
 
 
 # ---- the ABI ---------------------------------------------------------------------------------
@@ -92,7 +88,7 @@ def _arrays():
 def test_preprocessing_equals_python_on_decoded_pixels(cpp, tiny_onnx, tmp_path, changes):
     artifact = _with_preprocessing(tiny_onnx, tmp_path, **changes)
     detector = CppDetector(cpp.library, artifact)
-    spec = json.loads(artifact.with_suffix(".json").read_text())["preprocessing"]
+    spec = embedded_manifest(artifact)["preprocessing"]
     for array in _arrays():
         np.testing.assert_array_equal(detector.preprocess(array), preprocess(array, spec)[0])
 
@@ -183,7 +179,7 @@ def test_encoded_files_preprocess_as_python(cpp, tiny_onnx, encoded, tmp_path):
     """Decoding, conversion to RGB and orientation equal Pillow's + preprocess.py's, file by file."""
     artifact = _with_preprocessing(tiny_onnx, tmp_path, resize=48)
     detector = CppDetector(cpp.library, artifact, min_side=1)
-    spec = json.loads(artifact.with_suffix(".json").read_text())["preprocessing"]
+    spec = embedded_manifest(artifact)["preprocessing"]
     differences = {}
     for name, path in encoded.items():
         differences[name] = float(np.abs(detector.preprocess(path.read_bytes()) - preprocess(path, spec)[0]).max())
@@ -260,24 +256,19 @@ def test_eight_threads_score_as_one(cpp, dual_tiny, encoded, tmp_path):
 
 
 def test_manifest_embedded_in_the_onnx_file(cpp, tiny_onnx, tmp_path):
-    model = onnx.load(tiny_onnx)
-    manifest = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    manifest = embedded_manifest(tiny_onnx)
     manifest["threshold"] = 0.25  # tells the embedded copy apart from a sidecar
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "specdet.manifest", json.dumps(manifest)
-    artifact = tmp_path / "embedded.onnx"
-    onnx.save(model, artifact)
+    artifact = copy_with_manifest(tiny_onnx, tmp_path / "embedded.onnx", json.dumps(manifest))
     detector = CppDetector(cpp.library, artifact)
     assert detector.threshold == 0.25 and "metadata_props" in detector.get_string("manifest_source")
     # A stale sidecar beside it does not win over the file's own manifest.
-    artifact.with_suffix(".json").write_text(tiny_onnx.with_suffix(".json").read_text())
+    artifact.with_suffix(".json").write_text(json.dumps(embedded_manifest(tiny_onnx)))
     assert CppDetector(cpp.library, artifact).threshold == 0.25
 
 
 def test_manifest_sidecars(cpp, tiny_onnx, tmp_path):
-    artifact = tmp_path / "model.onnx"
-    shutil.copy(tiny_onnx, artifact)
-    manifest = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    artifact = copy_with_manifest(tiny_onnx, tmp_path / "model.onnx", None)  # an older export: sidecars only
+    manifest = embedded_manifest(tiny_onnx)
     (tmp_path / "model.onnx.specdet.json").write_text(json.dumps(dict(manifest, threshold=0.75)))
     artifact.with_suffix(".json").write_text(json.dumps(manifest))
     detector = CppDetector(cpp.library, artifact)

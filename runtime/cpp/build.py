@@ -78,7 +78,8 @@ def cache_dir() -> Path:
 
 
 def source_hash(options: dict) -> str:
-    digest = hashlib.sha256(repr(sorted(options.items())).encode())
+    # The source folder too: CMake refuses a build folder made from another checkout of the same sources.
+    digest = hashlib.sha256(repr((str(SOURCE_DIR), sorted(options.items()))).encode())
     for path in sorted(SOURCE_DIR.rglob("*")):
         if path.suffix in SOURCE_SUFFIXES and path.is_file():
             digest.update(str(path.relative_to(SOURCE_DIR)).encode())
