@@ -1,4 +1,4 @@
-"""Run an exported detector: ``Detector(artifact).predict(images)`` on torch, onnxruntime or tensorrt.
+"""Run an exported detector: ``Detector(artifact).predict(images)`` on torch, onnxruntime, openvino or tensorrt.
 
 Nothing here imports training or export code: preprocessing and threshold
 come from the checkpoint or the artifact's manifest (specdet.manifest).

@@ -23,10 +23,11 @@ from specdet.errors import SpecdetError
 from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec
 
 # Backend name -> "module:Class". Imported on first use, so a backend's
-# library (onnxruntime, tensorrt) is needed only when that backend is chosen.
+# library (onnxruntime, openvino, tensorrt) is needed only when that backend is chosen.
 BACKENDS = {
     "torch": "specdet.runtime.torch_runner:TorchRunner",
     "onnxruntime": "specdet.runtime.onnxruntime_runner:OnnxRuntimeRunner",
+    "openvino": "specdet.runtime.openvino_runner:OpenVinoRunner",
     "tensorrt": "specdet.runtime.tensorrt_runner:TensorRTRunner",
 }
 
@@ -166,19 +167,23 @@ def create_runner(
     providers: Sequence[str] | None = None,
     plugins: Sequence[str | os.PathLike] | None = None,
     cuda_graphs: bool | None = None,
+    precision: str | None = None,
 ) -> Runner:
     """Load ``artifact`` with ``backend`` (default: chosen by the file suffix).
 
     Backend options (``None``: not given, the backend's default): ``providers``
     (onnxruntime: execution provider names, in order of preference);
     ``plugins`` (tensorrt: plugin library files or folders searched first) and
-    ``cuda_graphs`` (tensorrt: replay each batch size as a CUDA graph). An
+    ``cuda_graphs`` (tensorrt: replay each batch size as a CUDA graph);
+    ``precision`` (openvino: inference precision, ``f32`` or ``bf16``). An
     option the backend does not take is an error.
     """
     cls = runner_class(backend or default_backend(artifact))
     options = {
         key: value
-        for key, value in (("providers", providers), ("plugins", plugins), ("cuda_graphs", cuda_graphs))
+        for key, value in (
+            ("providers", providers), ("plugins", plugins), ("cuda_graphs", cuda_graphs), ("precision", precision)
+        )
         if value is not None
     }
     refused = [key for key in options if key not in cls.OPTIONS]

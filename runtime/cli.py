@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                          "the installed kernel builds; put it after the image paths")
     options.add_argument("--cuda-graphs", action="store_true", default=None,
                          help="tensorrt: capture each batch size once as a CUDA graph and replay it")
+    options.add_argument("--inference-precision", choices=("f32", "bf16"), dest="precision",
+                         help="openvino: precision to compute in (default: f32; bf16 needs a CPU with "
+                         "avx512_bf16 or AMX)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of {path, probability, label}")
     output.add_argument("--csv", action="store_true", help="print CSV with a path,probability,label header")
@@ -70,7 +73,7 @@ def _predict(args: argparse.Namespace) -> int:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise SpecdetError(f"no images found in {shown}: give image files or folders holding {suffixes}")
     with Detector(args.artifact, args.backend, arch=args.arch, threads=args.threads, providers=args.providers,
-                  plugins=args.plugins, cuda_graphs=args.cuda_graphs) as detector, \
+                  plugins=args.plugins, cuda_graphs=args.cuda_graphs, precision=args.precision) as detector, \
             progress_bar(total=len(files), unit="image") as bar:
         results = detector.predict_files(files, args.batch_size, progress=bar.update)
     scored = [r for r in results if r.ok]

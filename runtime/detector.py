@@ -35,7 +35,7 @@ class Detector:
 
     Preprocessing and threshold come from the checkpoint or the manifest, so
     every backend scores the same pixels the same way. ``providers``,
-    ``plugins`` and ``cuda_graphs`` are backend options (see
+    ``plugins``, ``cuda_graphs`` and ``precision`` are backend options (see
     :func:`~specdet.runtime.create_runner`). A detector holds its runner's
     resources until :meth:`close` (or the end of a ``with`` block).
     """
@@ -50,9 +50,11 @@ class Detector:
         providers: Sequence[str] | None = None,
         plugins: Sequence[str | os.PathLike] | None = None,
         cuda_graphs: bool | None = None,
+        precision: str | None = None,
     ):
         self._runner = create_runner(
-            artifact, backend, arch=arch, threads=threads, providers=providers, plugins=plugins, cuda_graphs=cuda_graphs
+            artifact, backend, arch=arch, threads=threads, providers=providers, plugins=plugins,
+            cuda_graphs=cuda_graphs, precision=precision,
         )
         try:
             self._check_input_size(Path(artifact))

@@ -28,9 +28,9 @@ def test_default_backend_by_suffix():
 
 
 def test_unknown_backend_lists_known_ones():
-    with pytest.raises(SpecdetError, match="unknown backend 'tensorflow': known: torch, onnxruntime, tensorrt"):
+    with pytest.raises(SpecdetError, match="unknown backend 'tensorflow': known: torch, onnxruntime, openvino, tensorrt"):
         runner_class("tensorflow")
-    assert set(BACKENDS) == {"torch", "onnxruntime", "tensorrt"}
+    assert set(BACKENDS) == {"torch", "onnxruntime", "openvino", "tensorrt"}
 
 
 def test_missing_onnx_artifact(tmp_path):
