@@ -177,6 +177,8 @@ def _options(variant: dict) -> str:
         options.append(variant["graph_optimization"])
     if "spinning" in variant:
         options.append(f"spinning {variant['spinning']}")
+    if "performance_hint" in variant:
+        options.append(f"{variant['performance_hint']}, {variant['streams']} stream(s), {variant['artifact_precision']} file")
     return ", ".join(options) or "-"
 
 

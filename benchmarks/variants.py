@@ -1,7 +1,7 @@
 """What runs: a variant is a backend plus options, kept in a registry.
 
 Each variant names the runtime backend it builds on (``torch``,
-``onnxruntime``, ``tensorrt``), the device it runs on, and how to load an
+``onnxruntime``, ``openvino``, ``tensorrt``), the device it runs on, and how to load an
 artifact into a :class:`~specdet.runtime.Runner`. The benchmark times
 ``runner.infer`` the same way for all of them, so a variant is only a way
 of building a runner, and a new one is a few lines below.
@@ -9,7 +9,8 @@ of building a runner, and a new one is a few lines below.
 ``torch-fp32`` on the checkpoint is the reference for every accuracy figure.
 The other torch variants wrap the torch runner's module: autocast to BF16 or
 FP16, ``torch.compile``, or the module on a CUDA device. Variants run on the
-artifacts of their backend's file type (``.pth``; ``.onnx``; ``.engine``).
+artifacts of their backend's file type (``.pth``; ``.onnx`` for onnxruntime
+and openvino; ``.engine``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import numpy as np
 
 from specdet.errors import SpecdetError
 from specdet.runtime import Runner, create_runner
-from specdet.runtime.base import BACKEND_BY_SUFFIX, runner_class
+from specdet.runtime.base import BACKEND_BY_SUFFIX, BACKEND_SUFFIXES, runner_class
 
 from specdet.benchmarks import timing
 
@@ -53,7 +54,7 @@ class Variant:
 
     @property
     def suffixes(self) -> tuple[str, ...]:
-        return tuple(s for s, backend in BACKEND_BY_SUFFIX.items() if backend == self.backend)
+        return BACKEND_SUFFIXES[self.backend]
 
     def runs(self, artifact: Path) -> bool:
         return artifact.suffix.lower() in self.suffixes
@@ -209,6 +210,52 @@ def _onnxruntime_cuda() -> str | None:
     return None
 
 
+# ---- OpenVINO -----------------------------------------------------------------
+
+
+def _openvino(precision: str):
+    def load(artifact: Path, threads: int | None) -> Runner:
+        return create_runner(artifact, "openvino", threads=threads, precision=precision)
+
+    return load
+
+
+def _openvino_installed() -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed: pip install 'specdet[openvino]'"
+    return None
+
+
+def _openvino_bf16() -> str | None:
+    missing = _openvino_installed()
+    if missing:
+        return missing
+    import openvino
+
+    # OpenVINO's own answer: BF16 in its CPU capabilities means avx512_bf16 or AMX-BF16 is there and it uses them.
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "this CPU has no BF16 instructions (avx512_bf16 or amx_bf16) for OpenVINO"
+    return None
+
+
+def _describe_openvino(variant: Variant, runner: Runner) -> dict[str, Any]:
+    import openvino
+
+    compiled = runner.compiled_model
+    manifest = runner.info.manifest
+    return {
+        "library": {"openvino": openvino.__version__},
+        "provider": "OpenVINO CPU plugin",
+        # What the compiled model computes in (f32 -> fp32, bf16), read back, not what was asked for.
+        "precision": {"f32": "fp32"}.get(runner.inference_precision, runner.inference_precision),
+        "artifact_precision": manifest.precision,
+        "fft_mode": manifest.fft_mode,
+        "threads": runner.threads,
+        "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+        "streams": int(compiled.get_property("NUM_STREAMS")),
+    }
+
+
 # ---- TensorRT -----------------------------------------------------------------
 
 
@@ -345,6 +392,10 @@ for _variant in (
             _onnxruntime("CUDAExecutionProvider", "CPUExecutionProvider"), requires=_onnxruntime_cuda),
     Variant("cpp-onnxruntime", "onnxruntime", "cpu", "libspecdet_runtime (C++, ONNX Runtime C API) through its C ABI",
             _cpp, requires=_cpp_toolchain, by_name_only=True),  # it builds a library: only when asked for
+    Variant("openvino-cpu", "openvino", "cpu", "OpenVINO runtime on the CPU, inference precision f32",
+            _openvino("f32"), requires=_openvino_installed),
+    Variant("openvino-cpu-bf16", "openvino", "cpu", "OpenVINO runtime on the CPU, inference precision bf16",
+            _openvino("bf16"), requires=_openvino_bf16),
     Variant("tensorrt", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine", _engine(), requires=_tensorrt),
     Variant("tensorrt-cuda-graphs", "tensorrt", "cuda", "TensorRT or TensorRT-RTX engine, replayed as a CUDA graph",
             _engine(cuda_graphs=True), requires=_tensorrt),
@@ -484,7 +535,8 @@ def _describe_tensorrt(variant: Variant, runner: Runner) -> dict[str, Any]:
     }
 
 
-_DESCRIBE = {"torch": _describe_torch, "onnxruntime": _describe_onnxruntime, "tensorrt": _describe_tensorrt,
+_DESCRIBE = {"torch": _describe_torch, "onnxruntime": _describe_onnxruntime, "openvino": _describe_openvino,
+             "tensorrt": _describe_tensorrt,
              "cpp-onnxruntime": _describe_cpp}
 
 

@@ -36,6 +36,12 @@ BACKEND_BY_SUFFIX = {
     ".pth": "torch", ".pt": "torch", ONNX_SUFFIX: "onnxruntime", **dict.fromkeys(ENGINE_SUFFIXES, "tensorrt")
 }
 
+# Backend -> the artifact suffixes it runs: those it is the default for, and
+# .onnx for openvino too (named only: onnxruntime stays the default for .onnx).
+BACKEND_SUFFIXES = {
+    backend: tuple(s for s, default in BACKEND_BY_SUFFIX.items() if default == backend) for backend in BACKENDS
+} | {"openvino": (ONNX_SUFFIX,)}
+
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactInfo:

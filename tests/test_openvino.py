@@ -126,3 +126,28 @@ def test_detect_predict_refuses_inference_precision_on_another_backend(tiny_onnx
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "onnxruntime backend has no option precision" in err and len(err.splitlines()) == 1
+
+
+def test_detect_bench_runs_the_openvino_variants_and_records_what_ran(ov, tiny_checkpoint, tiny_onnx, tmp_path, capsys):
+    import json
+
+    import jsonschema
+
+    from specdet.benchmarks import cli as bench_cli, report, variants
+
+    bf16 = variants.VARIANTS["openvino-cpu-bf16"].requires() is None
+    assert bf16 == ("BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    argv = [tiny_checkpoint, tiny_onnx, "--backends", "torch-fp32,openvino", "--batch-sizes", "1,2", "--threads", "1",
+            "--out", tmp_path, "--no-plots", "--warmup", "1", "--iters", "2", "--quiet"]
+    assert bench_cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    (json_path,) = tmp_path.glob("*.json")
+    record = json.loads(json_path.read_text())
+    jsonschema.validate(record, report.schema())
+    facts = {v["variant"]: v for v in record["variants"]}
+    expected = {"openvino-cpu": "fp32", **({"openvino-cpu-bf16": "bf16"} if bf16 else {})}
+    assert {name: facts[name]["precision"] for name in expected} == expected
+    assert all(facts[name]["threads"] == 1 and facts[name]["library"]["openvino"] for name in expected)
+    assert {(r["variant"], r["batch"]) for r in record["latency"]} >= {
+        (f"{name}:tiny.onnx", batch) for name in expected for batch in (1, 2)}
+    accuracy = {r["variant"]: r for r in record["accuracy"]}
+    assert accuracy["openvino-cpu:tiny.onnx"]["probability_max_abs"] < 1e-5
