@@ -150,7 +150,8 @@ def test_no_arguments_runs_the_builtin_default(tiny_checkpoint, tiny_onnx, tmp_p
         (["{onnx_alone}"], "accuracy is measured against the PyTorch checkpoint"),
         (["{pth}", "--images", "{missing}"], "image folder {missing} not found"),
         (["{pth}", "{onnx}", "--backends", "torch-fp32"],
-         "nothing selected runs tiny.onnx here (--backends names none of onnxruntime-cpu, onnxruntime-cuda)"),
+         "nothing selected runs tiny.onnx here (--backends names none of onnxruntime-cpu, onnxruntime-cuda, openvino-cpu, "
+         "openvino-cpu-bf16)"),
     ],
     ids=["backend", "artifact", "batch-range", "batch-syntax", "batch-zero", "two-models", "no-engine",
          "no-reference", "images", "unrun-file"],
