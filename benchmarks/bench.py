@@ -26,7 +26,7 @@ from specdet.versions import library_versions
 from specdet.manifest import Manifest
 from specdet.runtime.preprocess import preprocess
 
-from specdet.benchmarks import accuracy, images as image_sets, machine, stats, timing, variants
+from specdet.benchmarks import accuracy, images as image_sets, machine, peaks, stats, timing, variants
 from specdet.benchmarks.progress import Progress
 
 FORMAT = "specdet-bench"
@@ -63,7 +63,7 @@ def run(config: Config, progress: Progress | None = None) -> dict[str, Any]:
     try:
         image_set, pixels = image_sets.preprocess_set(image_set, reference.runner.info.preprocessing)
         flops = _flops(reference, pixels)
-        peak = {**machine.cpu_peak(), "measured_sgemm": machine.measured_sgemm()}
+        peak = {**peaks.cpu_peaks(), "measured_sgemm": machine.measured_sgemm()}
         batches = {item.id: _accuracy_batch(item, config.batch_sizes) for item in loaded}
         accuracy_rows = _accuracy(loaded, image_set, pixels, batches, progress)
         preprocessing_rows, latency_rows = _latency(timed, image_set, pixels, reference.runner.info.preprocessing,
@@ -73,8 +73,8 @@ def run(config: Config, progress: Progress | None = None) -> dict[str, Any]:
         for item in loaded:  # what the report needs from a runner (info, artifact) outlives close()
             item.runner.close()
     progress.close()
-    _relate(latency_rows, reference.id, flops, peak["flops_per_s"],
-            {item.id for item in loaded if item.variant.device == "cpu"})
+    _relate(latency_rows, reference.id, flops, peak["per_precision"],
+            {item.id: item.facts.get("precision") for item in loaded if item.variant.device == "cpu"})
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -343,14 +343,18 @@ def _latency_row(item: variants.Loaded, batch: int, samples: timing.Samples) -> 
     }
 
 
-def _relate(rows: list[dict], reference_id: str, flops: int | None, peak: float | None, on_cpu: set[str]) -> None:
-    """Speed-up over the reference at the same batch size, and the fraction of the CPU's peak (CPU variants)."""
+def _relate(rows: list[dict], reference_id: str, flops: int | None, peak: dict[str, dict],
+            cpu_precision: dict[str, str | None]) -> None:
+    """Speed-up over the reference at the same batch size, and the fraction of the CPU's peak of the row's own
+    precision (CPU variants: an FP32 row against the FP32 peak, a BF16 row against the BF16 peak)."""
     reference = {r["batch"]: r["median_ms"] for r in rows if r["variant"] == reference_id}
     for row in rows:
         base = reference.get(row["batch"])
         row["speedup_vs_reference"] = None if base is None else base / row["median_ms"]
-        usable = flops and peak and row["variant"] in on_cpu
-        row["fraction_of_peak"] = flops * row["images_per_s"] / peak if usable else None
+        key = peaks.row_precision(cpu_precision[row["variant"]]) if row["variant"] in cpu_precision else None
+        ops = peak[key]["ops_per_s"] if key else None
+        row["peak_precision"] = key
+        row["fraction_of_peak"] = flops * row["images_per_s"] / ops if flops and ops else None
 
 
 def _variant_row(item: variants.Loaded, timed: bool) -> dict[str, Any]:

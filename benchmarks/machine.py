@@ -1,15 +1,9 @@
-"""What the benchmark ran on: CPU model, cores, clock, SIMD, memory, GPUs; and the CPU's arithmetic peak.
+"""What the benchmark ran on: CPU model, cores, clock, instruction sets, memory, GPUs.
 
-The peak is the textbook one for FP32 fused multiply-add units::
-
-    cores x SIMD lanes x FMA units per core x 2 flops per FMA x clock
-
-with 8 FP32 lanes for AVX2 (16 with AVX-512), 2 FMA units per core (true of
-Intel since Haswell and AMD since Zen 2; some Xeons have 1 AVX-512 unit) and
-the clock read from the kernel: the highest frequency cpufreq reports, or,
-inside a virtual machine that exposes no cpufreq, the "cpu MHz" of
-/proc/cpuinfo (the nominal frequency; turbo can run above it, so the true
-peak may be higher). Every assumption goes into the record with the number.
+The clock is read from the kernel: the highest frequency cpufreq reports,
+or, inside a virtual machine that exposes no cpufreq, the "cpu MHz" of
+/proc/cpuinfo (the nominal frequency; turbo can run above it). The CPU's
+arithmetic peak per precision, built on these, is in :mod:`peaks`.
 """
 
 from __future__ import annotations
@@ -19,8 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-FMA_UNITS_PER_CORE = 2
-_SIMD_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma", "f16c")
+_SIMD_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni", "avx2", "fma", "f16c")
 
 
 def describe() -> dict:
@@ -38,10 +31,11 @@ def describe() -> dict:
     }
 
 
-def cpu_info() -> dict:
-    text = _read("/proc/cpuinfo")
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """The CPU as ``cpuinfo`` (default: this machine's /proc/cpuinfo) describes it, first CPU's flags."""
+    text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
     model = platform.processor() or platform.machine()
-    mhz = None
+    vendor = family = mhz = None
     flags: set[str] = set()
     cores: set[tuple[str, str]] = set()
     physical = core = None
@@ -50,6 +44,10 @@ def cpu_info() -> dict:
         key, value = key.strip(), value.strip()
         if key == "model name":
             model = value
+        elif key == "vendor_id" and vendor is None:
+            vendor = value
+        elif key == "cpu family" and family is None:
+            family = value  # with vendor: which microarchitecture's vector units (AMD Zen 4 is 25)
         elif key == "cpu MHz" and mhz is None:
             mhz = float(value)
         elif key == "flags" and not flags:
@@ -73,30 +71,13 @@ def cpu_info() -> dict:
         clock, source = None, "unknown"
     return {
         "model": model,
+        "vendor": vendor,
+        "family": family,
         "cores": len(cores) or logical,
         "logical_cpus": logical,
         "clock_mhz": clock,
         "clock_source": source,
         "simd": [f for f in _SIMD_FLAGS if f in flags],
-    }
-
-
-def cpu_peak(cpu: dict | None = None) -> dict:
-    """FP32 peak of the CPU in flop/s, with the formula and what it assumed."""
-    cpu = cpu or cpu_info()
-    simd = set(cpu["simd"])
-    lanes = 16 if "avx512f" in simd else 8 if "avx2" in simd else 4
-    fma = "fma" in simd or "avx512f" in simd
-    per_op = 2 if fma else 1  # an FMA is a multiply and an add
-    clock = cpu["clock_mhz"]
-    peak = None if clock is None else cpu["cores"] * lanes * FMA_UNITS_PER_CORE * per_op * clock * 1e6
-    units = "FMA units" if fma else "vector units (no FMA)"
-    return {
-        "flops_per_s": peak,
-        "formula": f"{cpu['cores']} cores x {lanes} FP32 lanes x {FMA_UNITS_PER_CORE} {units} x {per_op} flops "
-        f"x {'?' if clock is None else round(clock)} MHz",
-        "assumptions": f"{FMA_UNITS_PER_CORE} vector units per core; clock from {cpu['clock_source']}; "
-        "FP32; every core busy",
     }
 
 

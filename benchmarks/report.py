@@ -80,6 +80,7 @@ def markdown(record: dict) -> str:
         f"{_num(_g(model['flops_per_image'], 1e9), '.2f')} GFLOP per image ({model['flops_method']})",
         f"- CPU peak: {_num(_g(peak['flops_per_s'], 1e9), '.1f')} GFLOP/s = {peak['formula']} ({peak['assumptions']}); "
         f"measured: {_num(_g(sgemm['flops_per_s'], 1e9), '.1f')} GFLOP/s ({sgemm['method']}, {sgemm['threads']} threads)",
+        *_precision_peaks(peak),
         f"- Images: {record['images']['description']}; {record['images']['count']} scored"
         + (f", {len(record['images']['skipped'])} unreadable skipped" if record["images"]["skipped"] else ""),
         f"- Timing: {record['timing']['method']}; reference {record['reference']}",
@@ -87,7 +88,7 @@ def markdown(record: dict) -> str:
         "## Latency",
         "",
         "| variant | artifact | FFT | precision | threads | batch | median ms | p90 ms | p99 ms | mean ± sd ms "
-        "| images/s | vs reference | % of CPU peak | peak RSS MB (+call) |",
+        "| images/s | vs reference | % of CPU peak (of) | peak RSS MB (+call) |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(record["latency"], key=lambda r: (r["batch"], list(variants).index(r["variant"]))):
@@ -96,7 +97,7 @@ def markdown(record: dict) -> str:
             f"| {v['variant']} | {Path(v['artifact']).name} | {v.get('fft_mode') or '-'} | {v.get('precision') or '-'} "
             f"| {v.get('threads') or '-'} | {r['batch']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} "
             f"| {r['mean_ms']:.2f} ± {r['std_ms']:.2f} | {r['images_per_s']:.1f} | {_num(r['speedup_vs_reference'], '.2f', 'x')} "
-            f"| {_num(_g(r['fraction_of_peak'], 0.01), '.1f', '%')} "
+            f"| {_num(_g(r['fraction_of_peak'], 0.01), '.1f', '%')}{_of(r)} "
             f"| {_num(r['peak_memory_mb'], '.0f')} (+{_num(r['peak_memory_increase_mb'], '.0f')}) |"
         )
     lines += [
@@ -169,6 +170,19 @@ def _profile(record: dict) -> list[str]:
         ops = ", ".join(f"{o['op']} {o['share']:.0%} ({o['ms']:.1f} ms)" for o in p["ops"]) if p["ops"] else "not profiled"
         lines.append(f"- {v['variant']} {Path(v['artifact']).name}, batch {p['batch']}: {ops}")
     return lines
+
+
+def _precision_peaks(peak: dict) -> list[str]:
+    """One line per precision: the peak each row's fraction is measured against (records from before it: none)."""
+    if "per_precision" not in peak:
+        return []
+    parts = [f"{key.upper()} {_num(_g(p['ops_per_s'], 1e9), '.1f')} G/s ({p['instruction']})"
+             for key, p in peak["per_precision"].items()]
+    return [f"- Peak per precision ({'+'.join(peak['isa']) or 'no AVX2'}): " + "; ".join(parts)]
+
+
+def _of(row: dict) -> str:
+    return f" ({row['peak_precision'].upper()})" if row.get("peak_precision") and row["fraction_of_peak"] is not None else ""
 
 
 def _options(variant: dict) -> str:

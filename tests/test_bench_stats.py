@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from specdet.benchmarks import flops, machine, stats, timing
+from specdet.benchmarks import bench, flops, machine, peaks, stats, timing
 
 # ---- percentiles and summaries ------------------------------------------------------
 
@@ -153,12 +153,62 @@ def test_flops_of_linear_conv_attention_and_fft():
 def test_cpu_peak_is_cores_lanes_units_flops_clock():
     cpu = {"model": "x", "cores": 2, "logical_cpus": 2, "clock_mhz": 2445.0, "clock_source": "test",
            "simd": ["avx2", "fma"]}
-    peak = machine.cpu_peak(cpu)
+    peak = peaks.cpu_peaks(cpu)
     assert peak["flops_per_s"] == pytest.approx(2 * 8 * 2 * 2 * 2445e6)
-    assert peak["formula"] == "2 cores x 8 FP32 lanes x 2 FMA units x 2 flops x 2445 MHz"
-    assert machine.cpu_peak({**cpu, "simd": ["avx512f", "avx2", "fma"]})["flops_per_s"] == pytest.approx(
+    assert peak["formula"] == "2 cores x 8 multiply-adds x 2/cycle x 2 ops x 2445 MHz"
+    assert peak["per_precision"]["bf16"]["ops_per_s"] == peak["flops_per_s"]  # no BF16 instructions
+    assert peak["per_precision"]["int8"]["ops_per_s"] == pytest.approx(peak["flops_per_s"] * 4 / 3)
+    assert peaks.cpu_peaks({**cpu, "simd": ["avx512f", "avx2", "fma"]})["flops_per_s"] == pytest.approx(
         2 * 16 * 2 * 2 * 2445e6)
-    assert machine.cpu_peak({**cpu, "clock_mhz": None})["flops_per_s"] is None
+    assert peaks.cpu_peaks({**cpu, "clock_mhz": None})["flops_per_s"] is None
+
+
+def _fake_cpuinfo(vendor: str, family: int, flags: str, cores: int = 2) -> str:
+    """A /proc/cpuinfo of ``cores`` cores, one thread each."""
+    return "\n".join(
+        f"processor\t: {i}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel name\t: fake\n"
+        f"cpu MHz\t\t: 2000.000\nphysical id\t: 0\ncore id\t\t: {i}\nflags\t\t: {flags}\n"
+        for i in range(cores)
+    )
+
+
+@pytest.mark.parametrize(
+    "vendor, family, flags, isa, per_core_cycle",
+    [
+        # AVX2 only: 8 lanes x 2 FMA; no BF16 instructions (as FP32); INT8 in 3 instructions without VNNI.
+        ("GenuineIntel", 6, "fpu sse avx avx2 fma f16c", ["avx2"], {"fp32": 32, "bf16": 32, "int8": 128 / 3}),
+        # AMD Zen 4: AVX-512 as two 256-bit halves (1 per cycle); VDPBF16PS 2x, VPDPBUSD 4x FP32.
+        ("AuthenticAMD", 25, "avx2 fma avx512f avx512_bf16 avx512_vnni", ["avx2", "avx512f", "avx512_bf16",
+                                                                          "avx512_vnni"],
+         {"fp32": 32, "bf16": 64, "int8": 128}),
+        # Intel Sapphire Rapids: 2 AVX-512 FMA units; AMX tiles for BF16 and INT8.
+        ("GenuineIntel", 6, "avx2 fma avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8",
+         ["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"],
+         {"fp32": 64, "bf16": 1024, "int8": 2048}),
+        # Alder Lake: AVX-VNNI (256-bit) without AVX-512.
+        ("GenuineIntel", 6, "avx2 fma avx_vnni", ["avx2", "avx_vnni"], {"fp32": 32, "bf16": 32, "int8": 128}),
+    ],
+    ids=["avx2", "zen4", "sapphire-rapids", "avx-vnni"],
+)
+def test_isa_and_peaks_per_precision_from_a_fake_cpuinfo(vendor, family, flags, isa, per_core_cycle):
+    cpu = machine.cpu_info(_fake_cpuinfo(vendor, family, flags))
+    assert (cpu["vendor"], cpu["family"], cpu["cores"]) == (vendor, str(family), 2)
+    peak = peaks.cpu_peaks({**cpu, "clock_mhz": 2000.0})  # the fake's clock, not this machine's cpufreq
+    assert peak["isa"] == isa
+    got = {key: p["ops_per_s"] / (2 * 2000e6) for key, p in peak["per_precision"].items()}
+    assert got == pytest.approx(per_core_cycle)
+    assert peak["flops_per_s"] == peak["per_precision"]["fp32"]["ops_per_s"]
+
+
+def test_rows_are_measured_against_the_peak_of_their_precision():
+    rows = [{"variant": v, "batch": 1, "median_ms": 10.0, "images_per_s": 100.0} for v in ("ref", "bf16", "gpu", "odd")]
+    per_precision = {"fp32": {"ops_per_s": 1e12}, "bf16": {"ops_per_s": 4e12}, "int8": {"ops_per_s": 8e12}}
+    bench._relate(rows, "ref", 10**9, per_precision, {"ref": "fp32", "bf16": "autocast-bf16", "odd": "fp8"})
+    by = {r["variant"]: r for r in rows}
+    assert (by["ref"]["peak_precision"], by["ref"]["fraction_of_peak"]) == ("fp32", pytest.approx(0.1))
+    assert (by["bf16"]["peak_precision"], by["bf16"]["fraction_of_peak"]) == ("bf16", pytest.approx(0.025))
+    assert by["gpu"]["fraction_of_peak"] is None and by["odd"]["peak_precision"] is None  # not CPU; unknown
+    assert all(r["speedup_vs_reference"] == 1.0 for r in rows)
 
 
 def test_this_machine_is_described():

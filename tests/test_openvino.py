@@ -149,5 +149,11 @@ def test_detect_bench_runs_the_openvino_variants_and_records_what_ran(ov, tiny_c
     assert all(facts[name]["threads"] == 1 and facts[name]["library"]["openvino"] for name in expected)
     assert {(r["variant"], r["batch"]) for r in record["latency"]} >= {
         (f"{name}:tiny.onnx", batch) for name in expected for batch in (1, 2)}
+    # Each row against the peak of its own precision.
+    for row in record["latency"]:
+        name = row["variant"].split(":")[0]
+        assert row["peak_precision"] == {"torch-fp32": "fp32", "openvino-cpu": "fp32", "openvino-cpu-bf16": "bf16"}[name]
+        peak = record["cpu_peak"]["per_precision"][row["peak_precision"]]["ops_per_s"]
+        assert row["fraction_of_peak"] == pytest.approx(record["model"]["flops_per_image"] * row["images_per_s"] / peak)
     accuracy = {r["variant"]: r for r in record["accuracy"]}
     assert accuracy["openvino-cpu:tiny.onnx"]["probability_max_abs"] < 1e-5
