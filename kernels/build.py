@@ -98,7 +98,8 @@ def find_cuda_include() -> Path | None:
 
 
 def source_hash(options: dict) -> str:
-    digest = hashlib.sha256(repr(sorted(options.items())).encode())
+    # The source folder too: CMake refuses a build folder made from another checkout of the same sources.
+    digest = hashlib.sha256(repr((str(KERNELS_DIR), sorted(options.items()))).encode())
     for path in sorted(KERNELS_DIR.rglob("*")):
         if path.suffix in SOURCE_SUFFIXES and "golden" not in path.parts:
             digest.update(str(path.relative_to(KERNELS_DIR)).encode())
