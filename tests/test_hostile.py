@@ -248,3 +248,83 @@ def test_outputs_are_refused_before_any_work(tmp_path, capsys):
     assert "is a file: give a folder for the benchmark report" in capsys.readouterr().err
     assert make_data.main([str(file)]) == 2
     assert "is a file: give a folder for the data set" in capsys.readouterr().err
+
+
+# ---- security: a manifest names no module but the engine libraries -----------------------------------------
+
+
+def _fake_engine(folder: Path, engine: dict, data: bytes = b"serialised engine") -> Path:
+    """An engine file (bytes no library reads) with a sidecar holding ``engine`` as its engine section."""
+    from conftest import tiny_manifest
+    from specdet.manifest import Manifest
+
+    path = folder / "model.engine"
+    path.write_bytes(data)
+    Manifest.from_dict({**tiny_manifest(), "artifact": path.name, "engine": {"plugins": [], **engine}}).write(path)
+    return path
+
+
+@pytest.mark.parametrize("library", ["os", "this", "subprocess", "tensorrt.foo", "specdet.demo", "tensorrt_rtx "])
+def test_an_engine_manifest_cannot_make_specdet_import_a_module(tmp_path, library, monkeypatch):
+    from specdet.manifest import Manifest, engine_sidecar
+    from specdet.runtime import create_runner
+
+    path = _fake_engine(tmp_path, {"library": "tensorrt"})
+    sidecar = engine_sidecar(path)
+    sidecar.write_text(sidecar.read_text().replace('"library": "tensorrt"', f'"library": "{library}"'))
+    imported, real_import = [], importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real_import(name, *a))
+    with pytest.raises(checkpoint.SpecdetError, match="engine.library must be one of tensorrt, tensorrt_rtx") as err:
+        create_runner(path)
+    assert "\n" not in str(err.value) and library.strip() not in imported
+    with pytest.raises(checkpoint.SpecdetError, match="engine.library"):
+        Manifest.read(path)
+
+
+def test_the_runner_checks_the_library_again_when_given_a_typed_engine_section(monkeypatch):
+    from specdet.manifest import EngineInfo
+    from specdet.runtime import tensorrt_runner
+
+    imported, real_import = [], importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real_import(name, *a))
+    with pytest.raises(checkpoint.SpecdetError, match="engine library 'this' is not one of tensorrt, tensorrt_rtx"):
+        tensorrt_runner._import_library(EngineInfo("this", None, None, None))
+    assert imported == []
+
+
+# ---- the manifest identifies its artifact ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("recorded", "data"), [
+    ({"sha256": "0" * 64}, b"serialised engine"),                        # same size, other bytes
+    ({"size_bytes": 17, "sha256": "0" * 64}, b"another engine, longer"),  # another build's size
+    ({"size_bytes": 3}, b"serialised engine"),                            # older builds recorded the size only
+])
+def test_an_engine_beside_another_engine_s_manifest_is_refused(tmp_path, recorded, data):
+    from specdet.runtime import create_runner
+
+    path = _fake_engine(tmp_path, {"library": "tensorrt", **recorded}, data)
+    with pytest.raises(checkpoint.SpecdetError) as err:
+        create_runner(path)
+    assert str(err.value) == ("the manifest beside model.engine (model.engine.json) describes another engine: "
+                              "rebuild it with detect-build")
+
+
+def test_the_engine_a_manifest_describes_passes_its_identity_check(tmp_path):
+    import hashlib
+
+    from specdet.manifest import Manifest, check_engine_file
+
+    data = b"serialised engine"
+    path = _fake_engine(tmp_path, {"library": "tensorrt", "size_bytes": len(data),
+                                   "sha256": hashlib.sha256(data).hexdigest()}, data)
+    engine = Manifest.read(path).engine
+    check_engine_file(path, engine)  # no error
+    assert (engine.size_bytes, engine.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert Manifest.read(path).to_dict()["engine"]["sha256"] == engine.sha256  # written back when rewritten
+
+
+@pytest.mark.parametrize(("field", "value"), [("sha256", "abc"), ("sha256", 5), ("size_bytes", -1), ("size_bytes", "9")])
+def test_a_malformed_engine_identity_is_refused(tmp_path, field, value):
+    with pytest.raises(checkpoint.SpecdetError, match=f"engine.{field} must be"):
+        _fake_engine(tmp_path, {"library": "tensorrt", field: value})
