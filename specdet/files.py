@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -60,7 +60,7 @@ def check_output(path: str | os.PathLike, what: str, *, inputs: tuple[str | os.P
     if not folder and path.is_dir():
         raise SpecdetError(f"{path} is a folder: give a file name for the {what}")
     for source in inputs:
-        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+        if path.resolve() == Path(source).resolve():
             raise SpecdetError(f"{path} is also an input: writing the {what} there would destroy it; give another name")
     ancestor = path.parent
     while not ancestor.exists():
@@ -70,3 +70,17 @@ def check_output(path: str | os.PathLike, what: str, *, inputs: tuple[str | os.P
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise SpecdetError(f"cannot write the {what} to {path}: {ancestor} is not writable")
     return path
+
+
+def check_outputs(outputs: Sequence[tuple[str | os.PathLike, str]], *, inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+    """:func:`check_output` for each ``(path, what)`` of one command, and no two of them the same file.
+
+    A command's companion files count: an engine and its sidecar, a report's
+    ``.json`` and ``.md``; one written over another loses the first.
+    """
+    seen: dict[Path, str] = {}
+    for path, what in outputs:
+        check_output(path, what, inputs=inputs)
+        other = seen.setdefault(Path(path).resolve(), what)
+        if other != what:
+            raise SpecdetError(f"{path} would be both the {other} and the {what}: give another name")

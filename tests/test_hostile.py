@@ -328,3 +328,90 @@ def test_the_engine_a_manifest_describes_passes_its_identity_check(tmp_path):
 def test_a_malformed_engine_identity_is_refused(tmp_path, field, value):
     with pytest.raises(checkpoint.SpecdetError, match=f"engine.{field} must be"):
         _fake_engine(tmp_path, {"library": "tensorrt", field: value})
+
+
+# ---- outputs that would destroy inputs are refused before any work ------------------------------------------
+
+
+def _export_main(argv):
+    from specdet.export import cli as export_cli
+
+    return export_cli.main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ("tiny.pth", "is also an input: writing the ONNX file there would destroy it"),
+    ("link.onnx", "is also an input: writing the ONNX file there would destroy it"),  # a link to the checkpoint
+    ("x.json", "x.json: an exported file's name must end in .onnx"),
+    ("x.engine", "x.engine: an exported file's name must end in .onnx"),  # its manifest would go to a sidecar
+])
+def test_export_refuses_an_output_that_is_its_input_or_not_onnx(tiny_checkpoint, capsys, output, message):
+    (tiny_checkpoint.parent / "link.onnx").symlink_to(tiny_checkpoint)
+    before = tiny_checkpoint.read_bytes()
+    assert _export_main([tiny_checkpoint, "-o", tiny_checkpoint.parent / output]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+    assert tiny_checkpoint.read_bytes() == before and not (tiny_checkpoint.parent / "x.json").exists()
+
+
+def test_fp16_conversion_refuses_to_write_over_its_source(tiny_onnx, tmp_path, capsys):
+    source = tmp_path / "m.onnx"
+    source.write_bytes(tiny_onnx.read_bytes())
+    assert _export_main([source, "--precision", "fp16", "-o", source]) == 2
+    assert "is also an input: writing the ONNX file there would destroy it" in capsys.readouterr().err
+    assert source.read_bytes() == tiny_onnx.read_bytes()
+
+
+def _build_case(folder: Path, tiny_onnx: Path, case: str) -> tuple[list, Path]:
+    """``(argv, the input that must survive)`` of a detect-build whose outputs collide with an input."""
+    from conftest import tiny_manifest
+
+    if case == "engine output is the ONNX input":  # an ONNX file named .engine, read through its sidecar
+        source = folder / "m.engine"
+        source.write_bytes(tiny_onnx.read_bytes())
+        (folder / "m.engine.json").write_text(__import__("json").dumps(tiny_manifest()))
+        return [source], source
+    source = folder / "m.engine.onnx"
+    source.write_bytes(tiny_onnx.read_bytes())
+    if case == "sidecar is the input's legacy manifest":
+        (folder / "m.engine.json").write_text(__import__("json").dumps(tiny_manifest()))
+        return [source, "-o", folder / "m.engine"], folder / "m.engine.json"
+    if case == "timing cache is the ONNX input":
+        return [source, "--timing-cache", source], source
+    return [source, "-o", folder / "out.engine", "--timing-cache", folder / "out.engine.json"], source
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("engine output is the ONNX input", "m.engine is also an input: writing the engine there would destroy it"),
+    ("sidecar is the input's legacy manifest", "m.engine.json is also an input: writing the engine manifest there"),
+    ("timing cache is the ONNX input", "m.engine.onnx is also an input: writing the timing cache there"),
+    ("timing cache is the sidecar", "out.engine.json would be both the engine manifest and the timing cache"),
+])
+def test_build_refuses_outputs_that_collide_with_inputs_or_each_other(tiny_onnx, tmp_path, capsys, case, message):
+    from specdet.export import build_cli
+
+    argv, kept = _build_case(tmp_path, tiny_onnx, case)
+    before = kept.read_bytes()
+    assert build_cli.main([str(a) for a in argv]) == 2  # before any TensorRT library is needed
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+    assert kept.read_bytes() == before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--report", "{dir}/r"], "r.json is also an input: writing the JSON report there would destroy it"),
+    (["--report", "{dir}/folder"], "folder.md is a folder: give a file name for the Markdown report"),
+    (["-o", "{dir}/r.json"], "r.json is also an input: writing the calibrated checkpoint there"),
+    (["-o", "{dir}/x.md", "--report", "{dir}/x"], "x.md would be both the Markdown report and the calibrated checkpoint"),
+])
+def test_eval_only_outputs_are_checked_before_scoring(tiny_checkpoint, tmp_path, capsys, argv, message):
+    from specdet.train import cli as train_cli
+
+    model = tmp_path / "r.json"  # a checkpoint may have any name
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    (tmp_path / "folder.md").mkdir()
+    argv = [a.format(dir=tmp_path) for a in argv]
+    # The data folder does not exist: an output checked after the scoring started would fail on it instead.
+    assert train_cli.main(["--eval-only", str(model), "--data", str(tmp_path / "missing"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
