@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from specdet.models import ScoringModule
 
 from specdet.models import checkpoint as checkpoints
 from specdet.errors import SpecdetError
-from specdet.files import check_output, file_sha256
+from specdet.files import check_output, file_sha256, partial_path, temporary_folder
 from specdet.images import folder_images, sample_photos
 from specdet.manifest import BATCH_AXIS, INPUT_NAME, ONNX_SUFFIX, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
 from specdet.versions import library_versions
@@ -54,7 +55,8 @@ def export_checkpoint(
     if precision == "fp16":
         _require_fp16()
         start = time.perf_counter()
-        fp32 = output.with_name(f".{output.stem}.fp32.onnx")
+        work = temporary_folder(output)
+        fp32 = work / f"{output.stem}.fp32.onnx"
         try:
             result = export_checkpoint(checkpoint, fp32, arch=arch, fft=fft, opset=opset, max_batch=max_batch,
                                        progress=progress)
@@ -62,7 +64,7 @@ def export_checkpoint(
             converted = convert_to_fp16(fp32, output, calibration=calibration, count=calibration_count,
                                         tolerance=fp16_tolerance, progress=progress, keep_parent=False)
         finally:
-            fp32.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
         done = time.perf_counter()
         return dataclasses.replace(result, path=output, precision=converted, seconds=done - start,
                                    stages={"FP32 export": exported - start, "FP16 conversion": done - exported})
@@ -171,7 +173,7 @@ def convert_to_fp16(
             "versions": library_versions(),
         },
     ).embed(converted)  # replaces the FP32 manifest the converted model still carries
-    tmp = output.with_name(f".{output.name}.partial")
+    tmp = partial_path(output)
     try:
         onnx.save(converted, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)

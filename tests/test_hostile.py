@@ -415,3 +415,61 @@ def test_eval_only_outputs_are_checked_before_scoring(tiny_checkpoint, tmp_path,
     assert train_cli.main(["--eval-only", str(model), "--data", str(tmp_path / "missing"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.splitlines()) == 1
+
+
+# ---- leftovers of a killed write are removed by the next write of the same output ------------------------------
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def _leftovers(folder: Path, name: str, dead: int, alive: int) -> tuple[list[Path], list[Path]]:
+    """``(stale, kept)``: the temporaries a killed writer of ``name`` left, and look-alikes that are not ours to remove."""
+    stale = [folder / f".{name}.{dead}.partial", folder / f".{name}.{dead}.k3j_x9a2.tmp", folder / f".{name}.{dead}.a1.tmp"]
+    kept = [folder / f".{name}.{alive}.partial",  # a writer still running
+            folder / f".other.onnx.{dead}.partial", folder / f"{name}.{dead}.partial", folder / f".{name}.partial",
+            folder / f".{name}.{dead}.partial.bak", folder / f".{name}.x{dead}.tmp", folder / "notes.tmp"]
+    for path in stale[:2] + kept:
+        path.write_bytes(b"left over")
+    stale[2].mkdir()  # the FP16 export's working folder
+    (stale[2] / "m.fp32.onnx").write_bytes(b"left over")
+    return stale, kept
+
+
+@pytest.mark.parametrize("writer", ["detect-export", "engine manifest", "checkpoint"])
+def test_the_next_write_removes_the_leftovers_of_a_killed_one(tiny_checkpoint, tmp_path, writer):
+    from conftest import TinyConfig, TinyDetector, tiny_manifest
+    from specdet.manifest import Manifest
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        name = {"detect-export": "m.onnx", "engine manifest": "m.engine.json", "checkpoint": "m.pth"}[writer]
+        stale, kept = _leftovers(tmp_path, name, _dead_pid(), alive.pid)
+        if writer == "detect-export":
+            assert _export_main([tiny_checkpoint, "-o", tmp_path / name, "--quiet"]) == 0
+        elif writer == "engine manifest":
+            Manifest.from_dict({**tiny_manifest(), "engine": {"library": "tensorrt"}}).write(tmp_path / "m.engine")
+        else:
+            checkpoint.save(TinyDetector(TinyConfig()), tmp_path / name)
+        assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_write_killed_midway_leaves_a_temporary_the_next_one_removes(tmp_path):
+    target = tmp_path / "model.pth"
+    script = ("import sys, time; from specdet.files import atomic_write; "
+              "atomic_write(sys.argv[1], lambda f: (f.write(b'half'), f.flush(), print('writing', flush=True), time.sleep(60)))")
+    child = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "writing\n"
+    child.kill()  # SIGKILL: no cleanup handler runs
+    child.wait()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(f".model.pth.{child.pid}.") and left.name.endswith(".tmp")
+    from specdet.files import atomic_write
+
+    atomic_write(target, lambda f: f.write(b"whole"))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"] and target.read_bytes() == b"whole"
