@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from specdet.errors import SpecdetError
+from specdet.limits import MAX_THREADS, check_count
 from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec
 
 # Backend name -> "module:Class". Imported on first use, so a backend's
@@ -175,6 +176,8 @@ def create_runner(
     ``cuda_graphs`` (tensorrt: replay each batch size as a CUDA graph). An
     option the backend does not take is an error.
     """
+    if threads is not None:
+        check_count(threads, "threads", MAX_THREADS)
     cls = runner_class(backend or default_backend(artifact))
     options = {
         key: value

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from specdet.errors import SpecdetError
+from specdet.limits import MAX_BATCH, MAX_PIXELS, MAX_PIXELS_CEILING, check_count
 from specdet.runtime.base import Runner, create_runner
 from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, preprocess
 
@@ -37,7 +38,10 @@ class Detector:
     every backend scores the same pixels the same way. ``providers``,
     ``plugins`` and ``cuda_graphs`` are backend options (see
     :func:`~specdet.runtime.create_runner`). A detector holds its runner's
-    resources until :meth:`close` (or the end of a ``with`` block).
+    resources until :meth:`close` (or the end of a ``with`` block). An image
+    of more than ``max_pixels`` pixels (as stored, or once resized) is refused
+    (see :mod:`specdet.runtime.preprocess`); ``threads`` is 1 to
+    :data:`~specdet.limits.MAX_THREADS`, a batch size 1 to :data:`~specdet.limits.MAX_BATCH`.
     """
 
     def __init__(
@@ -50,7 +54,9 @@ class Detector:
         providers: Sequence[str] | None = None,
         plugins: Sequence[str | os.PathLike] | None = None,
         cuda_graphs: bool | None = None,
+        max_pixels: int = MAX_PIXELS,
     ):
+        self.max_pixels = check_count(max_pixels, "max_pixels", MAX_PIXELS_CEILING)
         self._runner = create_runner(
             artifact, backend, arch=arch, threads=threads, providers=providers, plugins=plugins, cuda_graphs=cuda_graphs
         )
@@ -99,7 +105,7 @@ class Detector:
             images = [images]
         step = self._step(batch_size)
         scores = [
-            self._infer(preprocess(list(images[start : start + step]), self.preprocessing))
+            self._infer(preprocess(list(images[start : start + step]), self.preprocessing, self.max_pixels))
             for start in range(0, len(images), step)
         ]
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
@@ -123,7 +129,7 @@ class Detector:
             readable, pixels = [], []
             for i, path in enumerate(chunk):
                 try:
-                    pixels.append(preprocess(path, self.preprocessing))
+                    pixels.append(preprocess(path, self.preprocessing, self.max_pixels))
                     readable.append(i)
                 except ImageError as err:
                     outcome[i] = Result(path, error=err.reason)
@@ -138,8 +144,7 @@ class Detector:
     def _step(self, batch_size: int) -> int:
         """The batch size to run: ``batch_size``, capped at the artifact's largest batch."""
         self._runner.ensure_open()  # before any image is read
-        if batch_size < 1:
-            raise SpecdetError(f"batch size {batch_size} is not positive: pass --batch-size 1 or more")
+        check_count(batch_size, "batch_size", MAX_BATCH)
         limit = self._runner.info.max_batch
         return min(batch_size, limit) if limit else batch_size
 

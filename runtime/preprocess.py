@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from specdet.errors import SpecdetError
+from specdet.limits import MAX_PIXELS
 from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -48,12 +49,6 @@ _BACKGROUND = (255, 255, 255)
 # PNG 16-bit grayscale opens as one of the "I" modes; PIL's own convert("RGB")
 # clips it at 255 instead of scaling.
 _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
-
-
-# 8000 x 8000: every camera photo fits; a decompression bomb (a small PNG whose
-# header claims 30000 x 30000) is refused from its header, before decoding.
-# Below Pillow's own warning threshold (about 89.5 megapixels).
-MAX_PIXELS = 64_000_000
 
 
 class ImageError(SpecdetError):

@@ -201,6 +201,8 @@ ARGUMENT_CASES = [
     ("specdet.runtime.cli", ["m.pth", "x.png", "--threads", "100000"], "--threads: 100000 is out of range"),
     ("specdet.runtime.cli", ["m.pth", "x.png", "--batch-size", "0"], "--batch-size: 0 is out of range"),
     ("specdet.runtime.cli", ["m.pth", "x.png", "--no-such-flag"], "unrecognized arguments"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--max-pixels", "0"], "--max-pixels: 0 is out of range"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--max-pixels", "1e9"], "--max-pixels: '1e9' is not a whole number"),
     ("specdet.export.cli", ["m.pth", "--opset", "999"], "--opset: 999 is out of range"),
     ("specdet.export.cli", ["m.pth", "--max-batch", "100000000000"], "--max-batch: 100000000000 is out of range"),
     ("specdet.export.cli", ["m.pth", "--fp16-tolerance", "nan"], "--fp16-tolerance: nan is out of range"),
@@ -473,3 +475,53 @@ def test_a_write_killed_midway_leaves_a_temporary_the_next_one_removes(tmp_path)
 
     atomic_write(target, lambda f: f.write(b"whole"))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pth"] and target.read_bytes() == b"whole"
+
+
+# ---- the Python API has the command lines' bounds ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [0, -1, 100_000, 2.5, "4", True])
+@pytest.mark.parametrize("entry", ["Detector", "create_runner"])
+def test_the_api_refuses_thread_counts_out_of_range(tiny_checkpoint, entry, threads):
+    from specdet.runtime import Detector, create_runner
+
+    make = Detector if entry == "Detector" else create_runner
+    with pytest.raises(checkpoint.SpecdetError) as err:
+        make(tiny_checkpoint, threads=threads)
+    assert str(err.value) == f"threads={threads!r} is out of range: give a whole number from 1 to 1024"
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 65_537, 10**12, 1.0, None])
+@pytest.mark.parametrize("call", ["predict", "predict_files"])
+def test_the_api_refuses_batch_sizes_out_of_range(tiny_checkpoint, good_dir, call, batch_size):
+    from specdet.runtime import Detector
+
+    with Detector(tiny_checkpoint) as detector, pytest.raises(checkpoint.SpecdetError) as err:
+        getattr(detector, call)([good_dir / "good0.png"], batch_size=batch_size)
+    assert str(err.value) == f"batch_size={batch_size!r} is out of range: give a whole number from 1 to 65536"
+
+
+@pytest.mark.parametrize("max_pixels", [0, -1, 10**10, "big"])
+def test_the_api_refuses_a_pixel_limit_out_of_range(tiny_checkpoint, max_pixels):
+    from specdet.runtime import Detector
+
+    with pytest.raises(checkpoint.SpecdetError, match=rf"max_pixels={max_pixels!r} is out of range: give a whole number "
+                       r"from 1 to 178956970"):
+        Detector(tiny_checkpoint, max_pixels=max_pixels)
+
+
+def test_the_pixel_limit_reaches_predict_and_predict_files(tiny_checkpoint, good_dir, capsys):
+    from specdet.runtime import Detector
+
+    image = good_dir / "good0.png"  # 48 x 40, resized to 38 x 32 by the stand-in's preprocessing
+    with Detector(tiny_checkpoint, max_pixels=1500) as detector:
+        (result,) = detector.predict_files([image])
+        assert "above the limit of 0.0" in result.error
+        with pytest.raises(preprocess_module.ImageError, match="1920 megapixels|48 x 40"):
+            detector.predict([image])
+    with Detector(tiny_checkpoint, max_pixels=48 * 40) as detector:
+        assert detector.predict_files([image])[0].ok and detector.predict([image]).shape == (1,)
+    code, out, err = _predict([tiny_checkpoint, image, "--max-pixels", "1500"], capsys)
+    assert code == 1 and "good0.png: 48 x 40 is 0.0 megapixels, above the limit" in err
+    code, _, err = _predict([tiny_checkpoint, image, "--max-pixels", str(48 * 40)], capsys)
+    assert code == 0 and err == ""
