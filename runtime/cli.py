@@ -81,6 +81,8 @@ def _predict(args: argparse.Namespace) -> int:
     for result in results:
         if not result.ok:
             print(f"skipped {printable(result.path)}: {' '.join(str(result.error).split())}", file=sys.stderr)
+        elif result.frames > 1:
+            print(f"note: {printable(result.path)} has {result.frames} frames; scored the first", file=sys.stderr)
     _write(scored, "json" if args.json else "csv" if args.csv else "table")
     return cli.EXIT_SKIPPED if len(scored) < len(results) else 0
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_BATCH, MAX_PIXELS, MAX_PIXELS_CEILING, check_count
-from specdet.runtime.base import Runner, create_runner
-from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, preprocess
+from specdet.runtime.base import Runner, create_runner, remake_remedy
+from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, image_pixels, preprocess
 
 FAKE, REAL = "fake", "real"
 
@@ -25,6 +25,7 @@ class Result:
     probability: float | None = None
     label: str | None = None
     error: str | None = None
+    frames: int = 1  # frames in the file (animated GIF/WebP/PNG, multi-page TIFF): the first was scored
 
     @property
     def ok(self) -> bool:
@@ -78,7 +79,7 @@ class Detector:
         if tuple(spec.shape[-2:]) != (crop, crop):
             raise SpecdetError(
                 f"{artifact.name} takes {spec.shape[-2]}x{spec.shape[-1]} images but its preprocessing "
-                f"crops {crop}x{crop}: re-export it"
+                f"crops {crop}x{crop}: {remake_remedy(artifact)}"
             )
 
     @property
@@ -118,6 +119,8 @@ class Detector:
     ) -> list[Result]:
         """Score files, in order; a file that cannot be read is recorded with its error and skipped.
 
+        Of a multi-frame file the first frame is scored; its result's ``frames`` says how many it has.
+
         ``progress(n)`` is called after each batch with the number of files it covered.
         """
         paths = [str(p) for p in paths]
@@ -126,16 +129,19 @@ class Detector:
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
             outcome: list[Result | None] = [None] * len(chunk)
-            readable, pixels = [], []
+            readable, pixels, frames = [], [], []
             for i, path in enumerate(chunk):
                 try:
-                    pixels.append(preprocess(path, self.preprocessing, self.max_pixels))
-                    readable.append(i)
+                    one, count = image_pixels(path, self.preprocessing, self.max_pixels)
                 except ImageError as err:
                     outcome[i] = Result(path, error=err.reason)
+                    continue
+                readable.append(i)
+                pixels.append(one)
+                frames.append(count)
             if pixels:
-                for i, p in zip(readable, self._infer(np.concatenate(pixels)).tolist()):
-                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p))
+                for i, p, count in zip(readable, self._infer(np.stack(pixels)).tolist(), frames):
+                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p), frames=count)
             results.extend(outcome)
             if progress is not None:
                 progress(len(chunk))

@@ -66,21 +66,30 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
     EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images
     are converted to 8-bit RGB; transparency is composited over white.
     Arrays are uint8, uint16, or float with values in [0, 1]. An image of
-    more than ``max_pixels`` pixels is refused (:class:`ImageError`).
+    more than ``max_pixels`` pixels is refused (:class:`ImageError`). Of a
+    multi-frame image (animated GIF, WebP or PNG; multi-page TIFF) the first
+    frame is returned; :func:`image_pixels` also says how many there are.
     """
+    return _load(source, max_pixels)[0]
+
+
+def _load(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int]:
+    """``(RGB image of the first frame, number of frames)``."""
     if isinstance(source, np.ndarray):
         _check_pixels(f"array of shape {source.shape}", source.shape[1::-1] if source.ndim >= 2 else (0, 0), max_pixels)
-        return _to_rgb(_from_array(source))
+        return _to_rgb(_from_array(source)), 1
     if isinstance(source, Image.Image):
         _check_pixels(source, source.size, max_pixels)
-        return _to_rgb(ImageOps.exif_transpose(source))
+        return _to_rgb(ImageOps.exif_transpose(source)), getattr(source, "n_frames", 1)
     path = Path(source)
     _check_regular_file(path)
     try:
         with Image.open(path) as image:
             _check_pixels(path, image.size, max_pixels)  # from the header, before decoding
+            # Counted before decoding: counting seeks through the frames and back to the first.
+            frames = getattr(image, "n_frames", 1)
             image.load()  # decode now, so a truncated file fails here and not later
-            return _to_rgb(ImageOps.exif_transpose(image))
+            return _to_rgb(ImageOps.exif_transpose(image)), frames
     except FileNotFoundError as err:
         raise ImageError(path, "no such file") from err
     except IsADirectoryError as err:
@@ -122,15 +131,21 @@ def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any]
     check_spec(spec)
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         images = [images]
-    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
     batch = np.empty((len(images), 3, spec["crop"], spec["crop"]), dtype=np.float32)
     for i, source in enumerate(images):
-        image = load_image(source, max_pixels)
-        _check_pixels(source, _resized_size(image.size, spec), max_pixels, "resized to")
-        pixels = np.asarray(_resize_and_crop(image, spec), dtype=np.float32)
-        batch[i] = (pixels.transpose(2, 0, 1) / 255.0 - mean) / std
+        batch[i] = image_pixels(source, spec, max_pixels)[0]
     return batch
+
+
+def image_pixels(source: ImageSource, spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """One image's normalised ``[3, crop, crop]`` float32 pixels, and its number of frames (the first is scored)."""
+    check_spec(spec)
+    image, frames = _load(source, max_pixels)
+    _check_pixels(source, _resized_size(image.size, spec), max_pixels, "resized to")
+    pixels = np.asarray(_resize_and_crop(image, spec), dtype=np.float32).transpose(2, 0, 1)
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
+    return (pixels / 255.0 - mean) / std, frames
 
 
 def check_spec(spec: Any) -> None:

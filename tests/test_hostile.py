@@ -441,9 +441,12 @@ def _leftovers(folder: Path, name: str, dead: int, alive: int) -> tuple[list[Pat
 
 
 @pytest.mark.parametrize("writer", ["detect-export", "engine manifest", "checkpoint"])
-def test_the_next_write_removes_the_leftovers_of_a_killed_one(tiny_checkpoint, tmp_path, writer):
-    from conftest import TinyConfig, TinyDetector, tiny_manifest
+def test_the_next_write_removes_the_leftovers_of_a_killed_one(tiny_checkpoint, tmp_path, writer, monkeypatch):
+    from conftest import TinyConfig, TinyDetector, TinyScoring, tiny_manifest
+    from specdet.export import artifact
     from specdet.manifest import Manifest
+
+    monkeypatch.setattr(artifact, "ScoringModule", TinyScoring)  # bound when the exporter was first imported
 
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -525,3 +528,81 @@ def test_the_pixel_limit_reaches_predict_and_predict_files(tiny_checkpoint, good
     assert code == 1 and "good0.png: 48 x 40 is 0.0 megapixels, above the limit" in err
     code, _, err = _predict([tiny_checkpoint, image, "--max-pixels", str(48 * 40)], capsys)
     assert code == 0 and err == ""
+
+
+# ---- messages: say what was done, and the remedy that fits the artifact ---------------------------------------------
+
+
+def _multi_frame(path: Path, frames: int) -> Path:
+    rng = np.random.default_rng(frames)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], **({"duration": 100} if path.suffix != ".tiff" else {}))
+    return path
+
+
+@pytest.mark.parametrize(("name", "frames"), [("anim.gif", 3), ("pages.tiff", 2), ("anim.webp", 4), ("anim.png", 2)])
+def test_a_multi_frame_image_is_scored_on_its_first_frame_and_says_so(tiny_checkpoint, good_dir, capsys, name, frames):
+    from specdet.runtime import Detector
+
+    path = _multi_frame(good_dir / name, frames)
+    with Image.open(path) as image:
+        assert image.n_frames == frames  # this Pillow writes the frames
+        first = np.asarray(image.convert("RGB"))
+    code, out, err = _predict([tiny_checkpoint, good_dir, "--csv"], capsys)
+    assert code == 0 and len(out.splitlines()) == 1 + 5
+    assert err.splitlines() == [f"note: {path} has {frames} frames; scored the first"]
+    with Detector(tiny_checkpoint) as detector:
+        (result,) = detector.predict_files([path])
+        assert result.frames == frames
+        assert result.probability == pytest.approx(float(detector.predict(first)[0]), abs=1e-6)
+        assert [r.frames for r in detector.predict_files([good_dir / "good0.png"])] == [1]
+
+
+def test_batch_messages_never_say_any_and_name_the_right_tool(tiny_checkpoint, tiny_onnx):
+    from conftest import MAX_BATCH
+    from specdet.runtime import create_runner
+    from specdet.runtime.base import batch_range_remedy, remake_remedy
+
+    with create_runner(tiny_checkpoint) as runner, pytest.raises(checkpoint.SpecdetError) as err:
+        runner.infer(np.zeros((0, 3, 32, 32), np.float32))
+    assert "any" not in str(err.value) and "takes 1 image or more" in str(err.value)
+    with create_runner(tiny_onnx) as runner, pytest.raises(checkpoint.SpecdetError) as err:
+        runner.infer(np.zeros((MAX_BATCH + 1, 3, 32, 32), np.float32))
+    assert str(err.value).endswith(f"takes 1 to {MAX_BATCH}: use a smaller --batch-size or re-export with a larger "
+                                   "detect-export --max-batch")
+    for engine in ("m.engine", "m.PLAN"):
+        assert batch_range_remedy(engine) == "rebuild the engine with a larger detect-build --batch"
+        assert remake_remedy(engine) == "rebuild it with detect-build"
+    assert remake_remedy("m.onnx") == "re-export it with detect-export"
+
+
+@pytest.mark.parametrize("kind", ["raw pickle", "torch.save"])
+def test_a_pickle_is_refused_in_one_line_without_torch_s_warning(tmp_path, good_dir, kind):
+    import pickle
+
+    path = tmp_path / "evil.pth"
+    payload = {"x": os.system}  # loading would need a Python object: refused
+    if kind == "raw pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=4))  # torch warns about protocol 4 before refusing
+    else:
+        torch.save(payload, path)
+    done = _run_predict(path, good_dir, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()  # torch's two-line warning would come first
+    assert line.endswith(f"error: {path} holds pickled Python objects, which are refused for safety: save only tensors "
+                         "and plain containers (specdet.models.checkpoint.save does)")
+
+
+def test_a_pickled_resume_state_is_refused_without_torch_s_warning(tmp_path):
+    import pickle
+    import warnings
+
+    from specdet.train.state import load_state
+
+    path = tmp_path / "evil.state.pth"
+    path.write_bytes(pickle.dumps({"x": os.system}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(checkpoint.SpecdetError, match="is not a readable training state"):
+            load_state(path)
+    assert caught == []
