@@ -22,6 +22,7 @@ then differ by a few levels from the full resize that training used.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -36,6 +37,13 @@ from specdet.limits import MAX_PIXELS
 from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# Pillow logs some decoder errors (a TIFF claiming 59139 samples per pixel)
+# before raising them; with logging not configured Python prints those on
+# stderr, a second, stray line beside the "skipped" line the error becomes.
+# A NullHandler keeps them off stderr; an application that configures logging
+# still gets them through propagation.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 # The manifest's interpolation names are PIL's filter names, lower case.
 _FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
@@ -196,7 +204,8 @@ def resize_for_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
 def _resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:
     width, height = size
     short, long = min(width, height), max(width, height)
-    target = max(spec["resize"] or short, spec["crop"])
+    # A missing "resize" means no resize, as null does (preprocessing_problems accepts both).
+    target = max(spec.get("resize") or short, spec["crop"])
     if short == target:
         return size
     # torchvision's Resize(int): the longer side is truncated, not rounded.

@@ -352,7 +352,7 @@ class _Parser:
         missing = [key for key in required if key not in data]
         if missing:
             raise self.error(f"lacks {', '.join(missing)}")
-        return Manifest(
+        manifest = Manifest(
             artifact=self.text(data, "artifact"),
             architecture=self.text(data, "architecture"),
             preprocessing=self.preprocessing(data["preprocessing"]),
@@ -368,6 +368,17 @@ class _Parser:
             engine=None if data.get("engine") is None else self.engine(data["engine"]),
             provenance={k: v for k, v in data.items() if k not in _TYPED_KEYS},
         )
+        self.check_input_shape(manifest)
+        return manifest
+
+    def check_input_shape(self, manifest: Manifest) -> None:
+        """The image batch is ``[batch, 3, H, W]``, its first axis named or fixed at the one batch size allowed."""
+        shape, batch = manifest.input.shape, manifest.batch
+        first = shape[0] if shape else None
+        fixed = batch.min == batch.max and first == batch.min
+        if len(shape) != 4 or shape[1] != 3 or not (isinstance(first, str) or fixed):
+            raise self.error(f"inputs shape {list(shape)} is not [batch, 3, height, width] with the batch axis named "
+                             f"(or fixed at the one batch size of batch {batch.min}..{batch.max})")
 
     # --- fields ---
 
