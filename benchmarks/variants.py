@@ -527,7 +527,8 @@ def _describe_tensorrt(variant: Variant, runner: Runner) -> dict[str, Any]:
     manifest = runner.info.manifest
     library = manifest.engine.details.get("backend", "tensorrt")
     return {
-        "library": {library: manifest.engine.library_version or _version(library)},
+        # The version comes from engine.library, the allow-listed module name, never from a free-form field.
+        "library": {library: manifest.engine.library_version or _version(manifest.engine.library)},
         "provider": library,
         "precision": manifest.precision,
         "fft_mode": manifest.fft_mode,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from specdet.models import ScoringModule
 
 from specdet.models import checkpoint as checkpoints
 from specdet.errors import SpecdetError
-from specdet.files import file_sha256
+from specdet.files import check_output, file_sha256, partial_path, temporary_folder
 from specdet.images import folder_images, sample_photos
-from specdet.manifest import BATCH_AXIS, INPUT_NAME, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
+from specdet.manifest import BATCH_AXIS, INPUT_NAME, ONNX_SUFFIX, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
 from specdet.versions import library_versions
 
 
@@ -47,11 +48,15 @@ def export_checkpoint(
     """
     if precision not in PRECISIONS:
         raise SpecdetError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if output is None:
+        name = Path(checkpoint).stem + ("-fp16.onnx" if precision == "fp16" else ONNX_SUFFIX)
+        output = Path(checkpoint).with_name(name)
+    output = _check_onnx_output(output, (checkpoint,))
     if precision == "fp16":
         _require_fp16()
         start = time.perf_counter()
-        output = Path(output) if output is not None else Path(checkpoint).with_name(Path(checkpoint).stem + "-fp16.onnx")
-        fp32 = output.with_name(f".{output.stem}.fp32.onnx")
+        work = temporary_folder(output)
+        fp32 = work / f"{output.stem}.fp32.onnx"
         try:
             result = export_checkpoint(checkpoint, fp32, arch=arch, fft=fft, opset=opset, max_batch=max_batch,
                                        progress=progress)
@@ -59,12 +64,11 @@ def export_checkpoint(
             converted = convert_to_fp16(fp32, output, calibration=calibration, count=calibration_count,
                                         tolerance=fp16_tolerance, progress=progress, keep_parent=False)
         finally:
-            fp32.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
         done = time.perf_counter()
         return dataclasses.replace(result, path=output, precision=converted, seconds=done - start,
                                    stages={"FP32 export": exported - start, "FP16 conversion": done - exported})
     loaded = checkpoints.load(checkpoint, arch=arch)
-    output = Path(output) if output is not None else Path(checkpoint).with_suffix(".onnx")
     crop = int(loaded.preprocessing["crop"])
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(min(2, max_batch), 3, crop, crop, generator=generator)
@@ -100,6 +104,18 @@ def export_checkpoint(
     return result
 
 
+def _check_onnx_output(output: str | os.PathLike, inputs: tuple[str | os.PathLike, ...]) -> Path:
+    """Refuse, before any work, an ONNX output that is an input or would not be read as ONNX.
+
+    The suffix matters: the runtimes choose the backend by it, and a manifest
+    written for ``x.engine`` goes to a sidecar instead of into the file.
+    """
+    output = check_output(output, "ONNX file", inputs=inputs)
+    if output.suffix.lower() != ONNX_SUFFIX:
+        raise SpecdetError(f"{output.name}: an exported file's name must end in {ONNX_SUFFIX}: give -o NAME{ONNX_SUFFIX}")
+    return output
+
+
 def _require_fp16() -> None:
     from specdet.export.fp16 import require_converter
 
@@ -128,14 +144,13 @@ def convert_to_fp16(
     import onnx
     from specdet.export import fp16
 
-    _require_fp16()
     source = Path(onnx_path)
+    output = _check_onnx_output(output if output is not None else source.with_name(source.stem + "-fp16.onnx"),
+                                (source,))
+    _require_fp16()
     manifest = Manifest.read(source)
     if manifest.precision != "fp32":
         raise SpecdetError(f"{source.name} is already {manifest.precision}: convert its FP32 export")
-    output = Path(output) if output is not None else source.with_name(source.stem + "-fp16.onnx")
-    if output.resolve() == source.resolve():
-        raise SpecdetError(f"the FP16 file would overwrite its FP32 source {source.name}: pass another -o")
     batches, description = calibration_batches(manifest, calibration, count)
     say = _progress_printer(progress)
     model = onnx.load(str(source))
@@ -158,7 +173,7 @@ def convert_to_fp16(
             "versions": library_versions(),
         },
     ).embed(converted)  # replaces the FP32 manifest the converted model still carries
-    tmp = output.with_name(f".{output.name}.partial")
+    tmp = partial_path(output)
     try:
         onnx.save(converted, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)

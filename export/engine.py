@@ -25,7 +25,8 @@ from pathlib import Path
 from specdet.errors import SpecdetError
 from specdet.export.engine_library import ENGINE_LIBRARIES, open_library
 from specdet.export.engine_stages import Configure, EngineBuild, LoadAndStrip, Parse, Serialise, WriteManifest
-from specdet.manifest import ENGINE_SUFFIXES, Manifest
+from specdet.files import check_outputs
+from specdet.manifest import ENGINE_SUFFIXES, Manifest, engine_sidecar, legacy_onnx_sidecar
 
 __all__ = ["ENGINE_LIBRARIES", "DEFAULT_OPT_BATCH", "EngineBuild", "build_engine", "parse_batch"]
 
@@ -81,8 +82,11 @@ def build_engine(
     output = Path(output) if output is not None else source.with_suffix(".engine")
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise SpecdetError(f"{output.name}: an engine's name must end in .engine or .plan")
-    if output.is_dir():
-        raise SpecdetError(f"{output} is a directory; give a file name ending in .engine")
+    companions = [(output, "engine"), (engine_sidecar(output), "engine manifest")]
+    if timing_cache is not None:
+        companions.append((timing_cache, "timing cache"))
+    legacy = legacy_onnx_sidecar(source)  # an older export's manifest is an input too, where it is used
+    check_outputs(companions, inputs=(source, *plugins, *([legacy] if legacy.is_file() else [])))
     profile = _profile(manifest, batch)
     if workspace_mb is not None and workspace_mb < 1:
         raise SpecdetError(f"--workspace must be at least 1 MB, got {workspace_mb}")

@@ -291,6 +291,7 @@ class WriteManifest:
             "timing_cache": timing_cache,
             "build_seconds": round(seconds, 3),
             "size_bytes": output.stat().st_size,
+            "sha256": file_sha256(output),  # the runtime checks the engine beside it is this one
         }
         carried = {k: v for k, v in manifest.items() if k not in ("artifact", "parent", "validation")}
         try:

@@ -23,6 +23,7 @@ import torch
 
 from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
+from specdet.files import partial_path
 from specdet.export import plugin_ops
 from specdet.export.lowering import ComplexLowering
 from specdet.export.quiet import quiet_exporter
@@ -150,7 +151,7 @@ def export_onnx(
         validation_inputs = [example.numpy(), single.numpy()]
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = partial_path(path)
     start = time.perf_counter()
     steps = progress_bar(enabled=progress, total=3, desc=f"export ({fft})", unit="step", leave=False)
     try:

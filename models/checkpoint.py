@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,21 @@ def load(path: str | os.PathLike, *, arch: str | None = None) -> LoadedCheckpoin
     return LoadedCheckpoint(model=model.eval(), path=path, sha256=file_sha256(path), **fields)
 
 
+def load_tensors(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without the warnings of torch's safe unpickler.
+
+    Its warnings (a pickle protocol it did not expect, say) come before the
+    error that refuses the file and say nothing the error does not: the
+    caller's one line is all the user should see.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _read(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensors(path)
     except Exception as err:  # torch raises many types here: pickle, zip, runtime errors
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights only load failed" in reason.lower():

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from specdet.errors import SpecdetError
-from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec
+from specdet.limits import MAX_THREADS, check_count
+from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec, is_engine
 
 # Backend name -> "module:Class". Imported on first use, so a backend's
 # library (onnxruntime, openvino, tensorrt) is needed only when that backend is chosen.
@@ -140,11 +141,27 @@ class Runner(abc.ABC):
         if batch.dtype != np.dtype(spec.dtype):
             raise SpecdetError(f"input has dtype {batch.dtype}; {what}: convert it with .astype({spec.dtype!r})")
         limit = self.info.max_batch
-        if batch.shape[0] < 1 or (limit is not None and batch.shape[0] > limit):
-            raise SpecdetError(
-                f"batch of {batch.shape[0]} images; {self.artifact.name} takes 1 to {limit or 'any'}: "
-                "use a smaller --batch-size or re-export with a larger batch range"
-            )
+        if batch.shape[0] < 1:
+            raise SpecdetError(f"a batch of 0 images; {self.artifact.name} takes 1 image or more: pass at least one")
+        if limit is not None and batch.shape[0] > limit:
+            raise SpecdetError(f"batch of {batch.shape[0]} images; {self.artifact.name} takes 1 to {limit}: use a "
+                               f"smaller --batch-size or {batch_range_remedy(self.artifact)}")
+
+
+def batch_range_remedy(artifact: str | os.PathLike) -> str:
+    """How to make ``artifact`` take larger batches: an engine's range is its build's, an ONNX file's its export's."""
+    if is_engine(artifact):
+        return "rebuild the engine with a larger detect-build --batch"
+    return "re-export with a larger detect-export --max-batch"
+
+
+def remake_remedy(artifact: str | os.PathLike) -> str:
+    """How to make ``artifact`` again: engines are rebuilt from their ONNX file, the rest re-exported or re-saved."""
+    if is_engine(artifact):
+        return "rebuild it with detect-build"
+    if Path(artifact).suffix.lower() == ONNX_SUFFIX:
+        return "re-export it with detect-export"
+    return "save it again with specdet.models.checkpoint.save"
 
 
 def runner_class(backend: str) -> type[Runner]:
@@ -184,6 +201,8 @@ def create_runner(
     ``precision`` (openvino: inference precision, ``f32`` or ``bf16``). An
     option the backend does not take is an error.
     """
+    if threads is not None:
+        check_count(threads, "threads", MAX_THREADS)
     cls = runner_class(backend or default_backend(artifact))
     options = {
         key: value

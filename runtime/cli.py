@@ -15,6 +15,7 @@ from specdet.cli import add_debug_flag, run
 from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.images import IMAGE_SUFFIXES, collect_images
+from specdet.limits import MAX_PIXELS, MAX_PIXELS_CEILING
 from specdet.runtime.base import BACKENDS
 from specdet.runtime.detector import Detector, Result
 
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", help="architecture of a bare state dict (a checkpoint names its own)")
     parser.add_argument("--batch-size", type=cli.BATCH, default=8, help="images per inference call (default: 8)")
     parser.add_argument("--threads", type=cli.THREADS, help="CPU threads for inference (default: the backend's)")
+    parser.add_argument("--max-pixels", type=cli.PIXELS, default=MAX_PIXELS, metavar="N",
+                        help=f"skip images of more than N pixels, as stored or once resized (default {MAX_PIXELS}, "
+                        f"at most {MAX_PIXELS_CEILING})")
     options = parser.add_argument_group("backend options (an option the backend lacks is an error)")
     options.add_argument("--providers", nargs="+", metavar="NAME",
                          help="onnxruntime: execution providers in order of preference, e.g. CPUExecutionProvider "
@@ -73,13 +77,16 @@ def _predict(args: argparse.Namespace) -> int:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise SpecdetError(f"no images found in {shown}: give image files or folders holding {suffixes}")
     with Detector(args.artifact, args.backend, arch=args.arch, threads=args.threads, providers=args.providers,
-                  plugins=args.plugins, cuda_graphs=args.cuda_graphs, precision=args.precision) as detector, \
+                  plugins=args.plugins, cuda_graphs=args.cuda_graphs, precision=args.precision,
+                  max_pixels=args.max_pixels) as detector, \
             progress_bar(total=len(files), unit="image") as bar:
         results = detector.predict_files(files, args.batch_size, progress=bar.update)
     scored = [r for r in results if r.ok]
     for result in results:
         if not result.ok:
             print(f"skipped {printable(result.path)}: {' '.join(str(result.error).split())}", file=sys.stderr)
+        elif result.frames > 1:
+            print(f"note: {printable(result.path)} has {result.frames} frames; scored the first", file=sys.stderr)
     _write(scored, "json" if args.json else "csv" if args.csv else "table")
     return cli.EXIT_SKIPPED if len(scored) < len(results) else 0
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from specdet.errors import SpecdetError
-from specdet.runtime.base import Runner, create_runner
-from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, preprocess
+from specdet.limits import MAX_BATCH, MAX_PIXELS, MAX_PIXELS_CEILING, check_count
+from specdet.runtime.base import Runner, create_runner, remake_remedy
+from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, image_pixels, preprocess
 
 FAKE, REAL = "fake", "real"
 
@@ -24,6 +25,7 @@ class Result:
     probability: float | None = None
     label: str | None = None
     error: str | None = None
+    frames: int = 1  # frames in the file (animated GIF/WebP/PNG, multi-page TIFF): the first was scored
 
     @property
     def ok(self) -> bool:
@@ -37,7 +39,10 @@ class Detector:
     every backend scores the same pixels the same way. ``providers``,
     ``plugins``, ``cuda_graphs`` and ``precision`` are backend options (see
     :func:`~specdet.runtime.create_runner`). A detector holds its runner's
-    resources until :meth:`close` (or the end of a ``with`` block).
+    resources until :meth:`close` (or the end of a ``with`` block). An image
+    of more than ``max_pixels`` pixels (as stored, or once resized) is refused
+    (see :mod:`specdet.runtime.preprocess`); ``threads`` is 1 to
+    :data:`~specdet.limits.MAX_THREADS`, a batch size 1 to :data:`~specdet.limits.MAX_BATCH`.
     """
 
     def __init__(
@@ -51,7 +56,9 @@ class Detector:
         plugins: Sequence[str | os.PathLike] | None = None,
         cuda_graphs: bool | None = None,
         precision: str | None = None,
+        max_pixels: int = MAX_PIXELS,
     ):
+        self.max_pixels = check_count(max_pixels, "max_pixels", MAX_PIXELS_CEILING)
         self._runner = create_runner(
             artifact, backend, arch=arch, threads=threads, providers=providers, plugins=plugins,
             cuda_graphs=cuda_graphs, precision=precision,
@@ -74,7 +81,7 @@ class Detector:
         if tuple(spec.shape[-2:]) != (crop, crop):
             raise SpecdetError(
                 f"{artifact.name} takes {spec.shape[-2]}x{spec.shape[-1]} images but its preprocessing "
-                f"crops {crop}x{crop}: re-export it"
+                f"crops {crop}x{crop}: {remake_remedy(artifact)}"
             )
 
     @property
@@ -101,7 +108,7 @@ class Detector:
             images = [images]
         step = self._step(batch_size)
         scores = [
-            self._infer(preprocess(list(images[start : start + step]), self.preprocessing))
+            self._infer(preprocess(list(images[start : start + step]), self.preprocessing, self.max_pixels))
             for start in range(0, len(images), step)
         ]
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
@@ -114,6 +121,8 @@ class Detector:
     ) -> list[Result]:
         """Score files, in order; a file that cannot be read is recorded with its error and skipped.
 
+        Of a multi-frame file the first frame is scored; its result's ``frames`` says how many it has.
+
         ``progress(n)`` is called after each batch with the number of files it covered.
         """
         paths = [str(p) for p in paths]
@@ -122,16 +131,19 @@ class Detector:
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
             outcome: list[Result | None] = [None] * len(chunk)
-            readable, pixels = [], []
+            readable, pixels, frames = [], [], []
             for i, path in enumerate(chunk):
                 try:
-                    pixels.append(preprocess(path, self.preprocessing))
-                    readable.append(i)
+                    one, count = image_pixels(path, self.preprocessing, self.max_pixels)
                 except ImageError as err:
                     outcome[i] = Result(path, error=err.reason)
+                    continue
+                readable.append(i)
+                pixels.append(one)
+                frames.append(count)
             if pixels:
-                for i, p in zip(readable, self._infer(np.concatenate(pixels)).tolist()):
-                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p))
+                for i, p, count in zip(readable, self._infer(np.stack(pixels)).tolist(), frames):
+                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p), frames=count)
             results.extend(outcome)
             if progress is not None:
                 progress(len(chunk))
@@ -140,8 +152,7 @@ class Detector:
     def _step(self, batch_size: int) -> int:
         """The batch size to run: ``batch_size``, capped at the artifact's largest batch."""
         self._runner.ensure_open()  # before any image is read
-        if batch_size < 1:
-            raise SpecdetError(f"batch size {batch_size} is not positive: pass --batch-size 1 or more")
+        check_count(batch_size, "batch_size", MAX_BATCH)
         limit = self._runner.info.max_batch
         return min(batch_size, limit) if limit else batch_size
 

@@ -10,12 +10,16 @@ import numpy as np
 import onnxruntime as ort
 
 from specdet.errors import SpecdetError
-from specdet.manifest import OUTPUT_NAMES, Manifest
+from specdet.manifest import OUTPUT_NAMES, Manifest, TensorSpec
 from specdet.runtime.base import ArtifactInfo, Runner, require_file
 
 # ONNX Runtime logs warnings (unused initialisers, provider fallbacks) to
 # stderr; a command's stderr is for the user, so only errors get through.
 _LOG_ERRORS_ONLY = 3
+# onnxruntime's input type names -> the manifest's numpy dtype names.
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+              "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -35,7 +39,7 @@ class OnnxRuntimeRunner(Runner):
         if arch is not None and arch != manifest.architecture:
             raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {arch}: drop --arch")
         self._session = _session(path, threads, manifest.ort_optimization, _providers(providers))
-        _check_names(path, self._session, manifest.input.name)
+        _check_io(path, self._session, manifest.input)
         self._input_name = manifest.input.name
         super().__init__(path, ArtifactInfo.from_manifest(manifest))
 
@@ -83,11 +87,22 @@ def _session(path: Path, threads: int | None, level: str, providers: list[str]) 
         raise SpecdetError(f"{path} is not an ONNX model onnxruntime can load ({reason}): re-export it") from err
 
 
-def _check_names(path: Path, session: ort.InferenceSession, input_name: str) -> None:
+def _check_io(path: Path, session: ort.InferenceSession, spec: TensorSpec) -> None:
+    input_name = spec.name
     inputs = [i.name for i in session.get_inputs()]
     outputs = {o.name for o in session.get_outputs()}
     if inputs != [input_name] or not outputs.issuperset(OUTPUT_NAMES):
         raise SpecdetError(
             f"{path.name} (inputs {inputs}, outputs {sorted(outputs)}) does not match its manifest "
             f"(input {input_name!r}, outputs {list(OUTPUT_NAMES)}): re-export it with detect-export"
+        )
+    # The manifest's input dtype and fixed sizes must be the graph's, or every batch fails at run time.
+    graph = session.get_inputs()[0]
+    dtype = _ORT_TYPES.get(graph.type, graph.type)
+    sizes_differ = len(graph.shape) != len(spec.shape) or any(
+        isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(graph.shape, spec.shape))
+    if dtype != spec.dtype or sizes_differ:
+        raise SpecdetError(
+            f"{path.name} takes {dtype} {list(graph.shape)} but its manifest says {spec.dtype} {list(spec.shape)}: "
+            "re-export it with detect-export"
         )

@@ -22,6 +22,7 @@ then differ by a few levels from the full resize that training used.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -32,9 +33,17 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from specdet.errors import SpecdetError
+from specdet.limits import MAX_PIXELS
 from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# Pillow logs some decoder errors (a TIFF claiming 59139 samples per pixel)
+# before raising them; with logging not configured Python prints those on
+# stderr, a second, stray line beside the "skipped" line the error becomes.
+# A NullHandler keeps them off stderr; an application that configures logging
+# still gets them through propagation.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 # The manifest's interpolation names are PIL's filter names, lower case.
 _FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
@@ -48,12 +57,6 @@ _BACKGROUND = (255, 255, 255)
 # PNG 16-bit grayscale opens as one of the "I" modes; PIL's own convert("RGB")
 # clips it at 255 instead of scaling.
 _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
-
-
-# 8000 x 8000: every camera photo fits; a decompression bomb (a small PNG whose
-# header claims 30000 x 30000) is refused from its header, before decoding.
-# Below Pillow's own warning threshold (about 89.5 megapixels).
-MAX_PIXELS = 64_000_000
 
 
 class ImageError(SpecdetError):
@@ -71,21 +74,30 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
     EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images
     are converted to 8-bit RGB; transparency is composited over white.
     Arrays are uint8, uint16, or float with values in [0, 1]. An image of
-    more than ``max_pixels`` pixels is refused (:class:`ImageError`).
+    more than ``max_pixels`` pixels is refused (:class:`ImageError`). Of a
+    multi-frame image (animated GIF, WebP or PNG; multi-page TIFF) the first
+    frame is returned; :func:`image_pixels` also says how many there are.
     """
+    return _load(source, max_pixels)[0]
+
+
+def _load(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int]:
+    """``(RGB image of the first frame, number of frames)``."""
     if isinstance(source, np.ndarray):
         _check_pixels(f"array of shape {source.shape}", source.shape[1::-1] if source.ndim >= 2 else (0, 0), max_pixels)
-        return _to_rgb(_from_array(source))
+        return _to_rgb(_from_array(source)), 1
     if isinstance(source, Image.Image):
         _check_pixels(source, source.size, max_pixels)
-        return _to_rgb(ImageOps.exif_transpose(source))
+        return _to_rgb(ImageOps.exif_transpose(source)), getattr(source, "n_frames", 1)
     path = Path(source)
     _check_regular_file(path)
     try:
         with Image.open(path) as image:
             _check_pixels(path, image.size, max_pixels)  # from the header, before decoding
+            # Counted before decoding: counting seeks through the frames and back to the first.
+            frames = getattr(image, "n_frames", 1)
             image.load()  # decode now, so a truncated file fails here and not later
-            return _to_rgb(ImageOps.exif_transpose(image))
+            return _to_rgb(ImageOps.exif_transpose(image)), frames
     except FileNotFoundError as err:
         raise ImageError(path, "no such file") from err
     except IsADirectoryError as err:
@@ -127,15 +139,21 @@ def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any]
     check_spec(spec)
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         images = [images]
-    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
     batch = np.empty((len(images), 3, spec["crop"], spec["crop"]), dtype=np.float32)
     for i, source in enumerate(images):
-        image = load_image(source, max_pixels)
-        _check_pixels(source, _resized_size(image.size, spec), max_pixels, "resized to")
-        pixels = np.asarray(_resize_and_crop(image, spec), dtype=np.float32)
-        batch[i] = (pixels.transpose(2, 0, 1) / 255.0 - mean) / std
+        batch[i] = image_pixels(source, spec, max_pixels)[0]
     return batch
+
+
+def image_pixels(source: ImageSource, spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """One image's normalised ``[3, crop, crop]`` float32 pixels, and its number of frames (the first is scored)."""
+    check_spec(spec)
+    image, frames = _load(source, max_pixels)
+    _check_pixels(source, _resized_size(image.size, spec), max_pixels, "resized to")
+    pixels = np.asarray(_resize_and_crop(image, spec), dtype=np.float32).transpose(2, 0, 1)
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
+    return (pixels / 255.0 - mean) / std, frames
 
 
 def check_spec(spec: Any) -> None:
@@ -186,7 +204,8 @@ def resize_for_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
 def _resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:
     width, height = size
     short, long = min(width, height), max(width, height)
-    target = max(spec["resize"] or short, spec["crop"])
+    # A missing "resize" means no resize, as null does (preprocessing_problems accepts both).
+    target = max(spec.get("resize") or short, spec["crop"])
     if short == target:
         return size
     # torchvision's Resize(int): the longer side is truncated, not rounded.

@@ -40,7 +40,7 @@ import numpy as np
 from specdet import tensorrt as trt_plugins
 from specdet.errors import SpecdetError
 from specdet.kernels import build as kernel_build
-from specdet.manifest import OUTPUT_NAMES, EngineInfo, Manifest
+from specdet.manifest import ENGINE_MODULES, OUTPUT_NAMES, EngineInfo, Manifest, check_engine_file
 from specdet.runtime.base import ArtifactInfo, Runner, require_file
 
 
@@ -58,6 +58,11 @@ def _import_torch_cuda():
 
 
 def _import_library(engine: EngineInfo):
+    # Checked again here, not only when the manifest is read: an EngineInfo
+    # can be made in code, and nothing outside the allow-list is ever imported.
+    if engine.library not in ENGINE_MODULES:
+        raise SpecdetError(f"engine library {engine.library!r} is not one of {', '.join(ENGINE_MODULES)}: "
+                           "rebuild the engine with detect-build")
     try:
         trt = importlib.import_module(engine.library)
     except ImportError:
@@ -95,6 +100,7 @@ class TensorRTRunner(Runner):
         engine_info = manifest.engine
         if engine_info is None:
             raise SpecdetError(f"{path.name} is not described as an engine by its manifest: build it with detect-build")
+        check_engine_file(path, engine_info)  # before the library or the GPU: a wrong pairing is reported first
         if arch is not None and arch != manifest.architecture:
             raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {arch}: drop --arch")
         trt = _import_library(engine_info)

@@ -18,18 +18,12 @@ import sys
 from collections.abc import Callable
 
 from specdet.errors import SpecdetError  # noqa: F401  (re-exported for the CLIs)
+from specdet.limits import MAX_BATCH, MAX_PIXELS_CEILING, MAX_THREADS
 
 EXIT_SKIPPED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 EXIT_INTERRUPTED = 130
-
-# Sane ranges for the counts users type: a thread count beyond this only
-# thrashes (and 100000 threads did not finish in minutes), a batch beyond
-# this does not fit any accelerator's memory at 224 x 224.
-MAX_THREADS = 1024
-MAX_BATCH = 65536
-
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the usual one-line error: ``prog: error: MESSAGE (see prog --help)``, exit 2."""
@@ -78,6 +72,7 @@ def number_range(low: float, high: float | None = None, *, above: bool = False) 
 
 THREADS = int_range(1, MAX_THREADS)
 BATCH = int_range(1, MAX_BATCH)
+PIXELS = int_range(1, MAX_PIXELS_CEILING)
 POSITIVE = int_range(1)
 PROBABILITY = number_range(0.0, 1.0)
 

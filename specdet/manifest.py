@@ -34,7 +34,7 @@ from typing import Any, Union
 
 from specdet import onnx_metadata
 from specdet.errors import SpecdetError
-from specdet.files import atomic_write
+from specdet.files import atomic_write, file_sha256
 
 FORMAT = "specdet-manifest"
 VERSION = 1
@@ -49,6 +49,10 @@ DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "
 INTERPOLATIONS = ("bicubic", "bilinear")
 
 ENGINE_SUFFIXES = (".engine", ".plan")
+# The Python modules an engine may name as the library that built it. The
+# runtime imports the one named, so a manifest must not name any other
+# module: importing ``os`` or ``this`` runs that module's code.
+ENGINE_MODULES = ("tensorrt", "tensorrt_rtx")
 ONNX_SUFFIX = ".onnx"
 ONNX_METADATA_KEY = "specdet.manifest"
 
@@ -105,14 +109,20 @@ class EngineInfo:
     build_device: str | None  # compute capability of the GPU it was built on; None: built without one
     plugins: tuple[PluginLibrary, ...] = ()
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # profile, workspace, timings...: as written
+    # The engine file this manifest describes: its SHA-256 (builds before it was recorded: None) and size.
+    sha256: str | None = None
+    size_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        identity = {key: value for key, value in (("sha256", self.sha256), ("size_bytes", self.size_bytes))
+                    if value is not None}
         return {
             "library": self.library,
             "library_version": self.library_version,
             "compute_capabilities": None if self.compute_capabilities is None else list(self.compute_capabilities),
             "build_device": self.build_device,
             "plugins": [p.to_dict() for p in self.plugins],
+            **identity,
             **self.details,
         }
 
@@ -253,6 +263,22 @@ def legacy_onnx_sidecar(artifact: str | os.PathLike) -> Path:
     return Path(artifact).with_suffix(".json")
 
 
+def check_engine_file(artifact: str | os.PathLike, engine: EngineInfo) -> None:
+    """Refuse an engine file that is not the one its sidecar describes (another build's, half-replaced).
+
+    The sidecar and the engine are two files, so a build killed between the
+    two writes, or a copy of only one, pairs an engine with another engine's
+    manifest: its threshold and preprocessing would then score silently
+    wrong. The size is checked first (free), then the SHA-256 recorded at build.
+    """
+    artifact = Path(artifact)
+    size = artifact.stat().st_size
+    if (engine.size_bytes is not None and size != engine.size_bytes) or (
+            engine.sha256 is not None and file_sha256(artifact) != engine.sha256):
+        raise SpecdetError(f"the manifest beside {artifact.name} ({engine_sidecar(artifact).name}) describes another "
+                           "engine: rebuild it with detect-build")
+
+
 def remove_engine_sidecar(artifact: str | os.PathLike) -> None:
     """Remove an engine's sidecar, if any (a failed build leaves no manifest describing a missing engine)."""
     if is_engine(artifact):
@@ -326,7 +352,7 @@ class _Parser:
         missing = [key for key in required if key not in data]
         if missing:
             raise self.error(f"lacks {', '.join(missing)}")
-        return Manifest(
+        manifest = Manifest(
             artifact=self.text(data, "artifact"),
             architecture=self.text(data, "architecture"),
             preprocessing=self.preprocessing(data["preprocessing"]),
@@ -342,6 +368,17 @@ class _Parser:
             engine=None if data.get("engine") is None else self.engine(data["engine"]),
             provenance={k: v for k, v in data.items() if k not in _TYPED_KEYS},
         )
+        self.check_input_shape(manifest)
+        return manifest
+
+    def check_input_shape(self, manifest: Manifest) -> None:
+        """The image batch is ``[batch, 3, H, W]``, its first axis named or fixed at the one batch size allowed."""
+        shape, batch = manifest.input.shape, manifest.batch
+        first = shape[0] if shape else None
+        fixed = batch.min == batch.max and first == batch.min
+        if len(shape) != 4 or shape[1] != 3 or not (isinstance(first, str) or fixed):
+            raise self.error(f"inputs shape {list(shape)} is not [batch, 3, height, width] with the batch axis named "
+                             f"(or fixed at the one batch size of batch {batch.min}..{batch.max})")
 
     # --- fields ---
 
@@ -432,9 +469,19 @@ class _Parser:
         plugins = value.get("plugins") or []
         if not isinstance(plugins, list):
             raise self.error("engine.plugins must be a list of {name, sha256, ops}")
-        typed = ("library", "library_version", "compute_capabilities", "build_device", "plugins")
+        library = self.text(value, "library") if "library" in value else "tensorrt"
+        if library not in ENGINE_MODULES:
+            raise self.error(f"engine.library must be one of {', '.join(ENGINE_MODULES)}, not {library!r}")
+        sha256, size = value.get("sha256"), value.get("size_bytes")
+        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            raise self.error(f"engine.sha256 must be 64 hex digits, not {sha256!r}")
+        if size is not None and not _positive_int(size):
+            raise self.error(f"engine.size_bytes must be a positive integer, not {size!r}")
+        typed = ("library", "library_version", "compute_capabilities", "build_device", "plugins", "sha256", "size_bytes")
         return EngineInfo(
-            library=self.text(value, "library") if "library" in value else "tensorrt",
+            sha256=sha256,
+            size_bytes=size,
+            library=library,
             library_version=self.optional_text(value, "library_version"),
             compute_capabilities=None if capabilities is None else tuple(capabilities),
             build_device=self.optional_text(value, "build_device"),

@@ -201,6 +201,8 @@ ARGUMENT_CASES = [
     ("specdet.runtime.cli", ["m.pth", "x.png", "--threads", "100000"], "--threads: 100000 is out of range"),
     ("specdet.runtime.cli", ["m.pth", "x.png", "--batch-size", "0"], "--batch-size: 0 is out of range"),
     ("specdet.runtime.cli", ["m.pth", "x.png", "--no-such-flag"], "unrecognized arguments"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--max-pixels", "0"], "--max-pixels: 0 is out of range"),
+    ("specdet.runtime.cli", ["m.pth", "x.png", "--max-pixels", "1e9"], "--max-pixels: '1e9' is not a whole number"),
     ("specdet.export.cli", ["m.pth", "--opset", "999"], "--opset: 999 is out of range"),
     ("specdet.export.cli", ["m.pth", "--max-batch", "100000000000"], "--max-batch: 100000000000 is out of range"),
     ("specdet.export.cli", ["m.pth", "--fp16-tolerance", "nan"], "--fp16-tolerance: nan is out of range"),
@@ -248,3 +250,359 @@ def test_outputs_are_refused_before_any_work(tmp_path, capsys):
     assert "is a file: give a folder for the benchmark report" in capsys.readouterr().err
     assert make_data.main([str(file)]) == 2
     assert "is a file: give a folder for the data set" in capsys.readouterr().err
+
+
+# ---- security: a manifest names no module but the engine libraries -----------------------------------------
+
+
+def _fake_engine(folder: Path, engine: dict, data: bytes = b"serialised engine") -> Path:
+    """An engine file (bytes no library reads) with a sidecar holding ``engine`` as its engine section."""
+    from conftest import tiny_manifest
+    from specdet.manifest import Manifest
+
+    path = folder / "model.engine"
+    path.write_bytes(data)
+    Manifest.from_dict({**tiny_manifest(), "artifact": path.name, "engine": {"plugins": [], **engine}}).write(path)
+    return path
+
+
+@pytest.mark.parametrize("library", ["os", "this", "subprocess", "tensorrt.foo", "specdet.demo", "tensorrt_rtx "])
+def test_an_engine_manifest_cannot_make_specdet_import_a_module(tmp_path, library, monkeypatch):
+    from specdet.manifest import Manifest, engine_sidecar
+    from specdet.runtime import create_runner
+
+    path = _fake_engine(tmp_path, {"library": "tensorrt"})
+    sidecar = engine_sidecar(path)
+    sidecar.write_text(sidecar.read_text().replace('"library": "tensorrt"', f'"library": "{library}"'))
+    imported, real_import = [], importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real_import(name, *a))
+    with pytest.raises(checkpoint.SpecdetError, match="engine.library must be one of tensorrt, tensorrt_rtx") as err:
+        create_runner(path)
+    assert "\n" not in str(err.value) and library.strip() not in imported
+    with pytest.raises(checkpoint.SpecdetError, match="engine.library"):
+        Manifest.read(path)
+
+
+def test_the_runner_checks_the_library_again_when_given_a_typed_engine_section(monkeypatch):
+    from specdet.manifest import EngineInfo
+    from specdet.runtime import tensorrt_runner
+
+    imported, real_import = [], importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real_import(name, *a))
+    with pytest.raises(checkpoint.SpecdetError, match="engine library 'this' is not one of tensorrt, tensorrt_rtx"):
+        tensorrt_runner._import_library(EngineInfo("this", None, None, None))
+    assert imported == []
+
+
+# ---- the manifest identifies its artifact ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("recorded", "data"), [
+    ({"sha256": "0" * 64}, b"serialised engine"),                        # same size, other bytes
+    ({"size_bytes": 17, "sha256": "0" * 64}, b"another engine, longer"),  # another build's size
+    ({"size_bytes": 3}, b"serialised engine"),                            # older builds recorded the size only
+])
+def test_an_engine_beside_another_engine_s_manifest_is_refused(tmp_path, recorded, data):
+    from specdet.runtime import create_runner
+
+    path = _fake_engine(tmp_path, {"library": "tensorrt", **recorded}, data)
+    with pytest.raises(checkpoint.SpecdetError) as err:
+        create_runner(path)
+    assert str(err.value) == ("the manifest beside model.engine (model.engine.json) describes another engine: "
+                              "rebuild it with detect-build")
+
+
+def test_the_engine_a_manifest_describes_passes_its_identity_check(tmp_path):
+    import hashlib
+
+    from specdet.manifest import Manifest, check_engine_file
+
+    data = b"serialised engine"
+    path = _fake_engine(tmp_path, {"library": "tensorrt", "size_bytes": len(data),
+                                   "sha256": hashlib.sha256(data).hexdigest()}, data)
+    engine = Manifest.read(path).engine
+    check_engine_file(path, engine)  # no error
+    assert (engine.size_bytes, engine.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert Manifest.read(path).to_dict()["engine"]["sha256"] == engine.sha256  # written back when rewritten
+
+
+@pytest.mark.parametrize(("field", "value"), [("sha256", "abc"), ("sha256", 5), ("size_bytes", -1), ("size_bytes", "9")])
+def test_a_malformed_engine_identity_is_refused(tmp_path, field, value):
+    with pytest.raises(checkpoint.SpecdetError, match=f"engine.{field} must be"):
+        _fake_engine(tmp_path, {"library": "tensorrt", field: value})
+
+
+# ---- outputs that would destroy inputs are refused before any work ------------------------------------------
+
+
+def _export_main(argv):
+    from specdet.export import cli as export_cli
+
+    return export_cli.main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ("tiny.pth", "is also an input: writing the ONNX file there would destroy it"),
+    ("link.onnx", "is also an input: writing the ONNX file there would destroy it"),  # a link to the checkpoint
+    ("x.json", "x.json: an exported file's name must end in .onnx"),
+    ("x.engine", "x.engine: an exported file's name must end in .onnx"),  # its manifest would go to a sidecar
+])
+def test_export_refuses_an_output_that_is_its_input_or_not_onnx(tiny_checkpoint, capsys, output, message):
+    (tiny_checkpoint.parent / "link.onnx").symlink_to(tiny_checkpoint)
+    before = tiny_checkpoint.read_bytes()
+    assert _export_main([tiny_checkpoint, "-o", tiny_checkpoint.parent / output]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+    assert tiny_checkpoint.read_bytes() == before and not (tiny_checkpoint.parent / "x.json").exists()
+
+
+def test_fp16_conversion_refuses_to_write_over_its_source(tiny_onnx, tmp_path, capsys):
+    source = tmp_path / "m.onnx"
+    source.write_bytes(tiny_onnx.read_bytes())
+    assert _export_main([source, "--precision", "fp16", "-o", source]) == 2
+    assert "is also an input: writing the ONNX file there would destroy it" in capsys.readouterr().err
+    assert source.read_bytes() == tiny_onnx.read_bytes()
+
+
+def _build_case(folder: Path, tiny_onnx: Path, case: str) -> tuple[list, Path]:
+    """``(argv, the input that must survive)`` of a detect-build whose outputs collide with an input."""
+    from conftest import tiny_manifest
+
+    if case == "engine output is the ONNX input":  # an ONNX file named .engine, read through its sidecar
+        source = folder / "m.engine"
+        source.write_bytes(tiny_onnx.read_bytes())
+        (folder / "m.engine.json").write_text(__import__("json").dumps(tiny_manifest()))
+        return [source], source
+    source = folder / "m.engine.onnx"
+    source.write_bytes(tiny_onnx.read_bytes())
+    if case == "sidecar is the input's legacy manifest":
+        (folder / "m.engine.json").write_text(__import__("json").dumps(tiny_manifest()))
+        return [source, "-o", folder / "m.engine"], folder / "m.engine.json"
+    if case == "timing cache is the ONNX input":
+        return [source, "--timing-cache", source], source
+    return [source, "-o", folder / "out.engine", "--timing-cache", folder / "out.engine.json"], source
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("engine output is the ONNX input", "m.engine is also an input: writing the engine there would destroy it"),
+    ("sidecar is the input's legacy manifest", "m.engine.json is also an input: writing the engine manifest there"),
+    ("timing cache is the ONNX input", "m.engine.onnx is also an input: writing the timing cache there"),
+    ("timing cache is the sidecar", "out.engine.json would be both the engine manifest and the timing cache"),
+])
+def test_build_refuses_outputs_that_collide_with_inputs_or_each_other(tiny_onnx, tmp_path, capsys, case, message):
+    from specdet.export import build_cli
+
+    argv, kept = _build_case(tmp_path, tiny_onnx, case)
+    before = kept.read_bytes()
+    assert build_cli.main([str(a) for a in argv]) == 2  # before any TensorRT library is needed
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+    assert kept.read_bytes() == before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--report", "{dir}/r"], "r.json is also an input: writing the JSON report there would destroy it"),
+    (["--report", "{dir}/folder"], "folder.md is a folder: give a file name for the Markdown report"),
+    (["-o", "{dir}/r.json"], "r.json is also an input: writing the calibrated checkpoint there"),
+    (["-o", "{dir}/x.md", "--report", "{dir}/x"], "x.md would be both the Markdown report and the calibrated checkpoint"),
+])
+def test_eval_only_outputs_are_checked_before_scoring(tiny_checkpoint, tmp_path, capsys, argv, message):
+    from specdet.train import cli as train_cli
+
+    model = tmp_path / "r.json"  # a checkpoint may have any name
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    (tmp_path / "folder.md").mkdir()
+    argv = [a.format(dir=tmp_path) for a in argv]
+    # The data folder does not exist: an output checked after the scoring started would fail on it instead.
+    assert train_cli.main(["--eval-only", str(model), "--data", str(tmp_path / "missing"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+
+
+# ---- leftovers of a killed write are removed by the next write of the same output ------------------------------
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def _leftovers(folder: Path, name: str, dead: int, alive: int) -> tuple[list[Path], list[Path]]:
+    """``(stale, kept)``: the temporaries a killed writer of ``name`` left, and look-alikes that are not ours to remove."""
+    stale = [folder / f".{name}.{dead}.partial", folder / f".{name}.{dead}.k3j_x9a2.tmp", folder / f".{name}.{dead}.a1.tmp"]
+    kept = [folder / f".{name}.{alive}.partial",  # a writer still running
+            folder / f".other.onnx.{dead}.partial", folder / f"{name}.{dead}.partial", folder / f".{name}.partial",
+            folder / f".{name}.{dead}.partial.bak", folder / f".{name}.x{dead}.tmp", folder / "notes.tmp"]
+    for path in stale[:2] + kept:
+        path.write_bytes(b"left over")
+    stale[2].mkdir()  # the FP16 export's working folder
+    (stale[2] / "m.fp32.onnx").write_bytes(b"left over")
+    return stale, kept
+
+
+@pytest.mark.parametrize("writer", ["detect-export", "engine manifest", "checkpoint"])
+def test_the_next_write_removes_the_leftovers_of_a_killed_one(tiny_checkpoint, tmp_path, writer, monkeypatch):
+    from conftest import TinyConfig, TinyDetector, TinyScoring, tiny_manifest
+    from specdet.export import artifact
+    from specdet.manifest import Manifest
+
+    monkeypatch.setattr(artifact, "ScoringModule", TinyScoring)  # bound when the exporter was first imported
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        name = {"detect-export": "m.onnx", "engine manifest": "m.engine.json", "checkpoint": "m.pth"}[writer]
+        stale, kept = _leftovers(tmp_path, name, _dead_pid(), alive.pid)
+        if writer == "detect-export":
+            assert _export_main([tiny_checkpoint, "-o", tmp_path / name, "--quiet"]) == 0
+        elif writer == "engine manifest":
+            Manifest.from_dict({**tiny_manifest(), "engine": {"library": "tensorrt"}}).write(tmp_path / "m.engine")
+        else:
+            checkpoint.save(TinyDetector(TinyConfig()), tmp_path / name)
+        assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_write_killed_midway_leaves_a_temporary_the_next_one_removes(tmp_path):
+    target = tmp_path / "model.pth"
+    script = ("import sys, time; from specdet.files import atomic_write; "
+              "atomic_write(sys.argv[1], lambda f: (f.write(b'half'), f.flush(), print('writing', flush=True), time.sleep(60)))")
+    child = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "writing\n"
+    child.kill()  # SIGKILL: no cleanup handler runs
+    child.wait()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(f".model.pth.{child.pid}.") and left.name.endswith(".tmp")
+    from specdet.files import atomic_write
+
+    atomic_write(target, lambda f: f.write(b"whole"))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"] and target.read_bytes() == b"whole"
+
+
+# ---- the Python API has the command lines' bounds ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [0, -1, 100_000, 2.5, "4", True])
+@pytest.mark.parametrize("entry", ["Detector", "create_runner"])
+def test_the_api_refuses_thread_counts_out_of_range(tiny_checkpoint, entry, threads):
+    from specdet.runtime import Detector, create_runner
+
+    make = Detector if entry == "Detector" else create_runner
+    with pytest.raises(checkpoint.SpecdetError) as err:
+        make(tiny_checkpoint, threads=threads)
+    assert str(err.value) == f"threads={threads!r} is out of range: give a whole number from 1 to 1024"
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 65_537, 10**12, 1.0, None])
+@pytest.mark.parametrize("call", ["predict", "predict_files"])
+def test_the_api_refuses_batch_sizes_out_of_range(tiny_checkpoint, good_dir, call, batch_size):
+    from specdet.runtime import Detector
+
+    with Detector(tiny_checkpoint) as detector, pytest.raises(checkpoint.SpecdetError) as err:
+        getattr(detector, call)([good_dir / "good0.png"], batch_size=batch_size)
+    assert str(err.value) == f"batch_size={batch_size!r} is out of range: give a whole number from 1 to 65536"
+
+
+@pytest.mark.parametrize("max_pixels", [0, -1, 10**10, "big"])
+def test_the_api_refuses_a_pixel_limit_out_of_range(tiny_checkpoint, max_pixels):
+    from specdet.runtime import Detector
+
+    with pytest.raises(checkpoint.SpecdetError, match=rf"max_pixels={max_pixels!r} is out of range: give a whole number "
+                       r"from 1 to 178956970"):
+        Detector(tiny_checkpoint, max_pixels=max_pixels)
+
+
+def test_the_pixel_limit_reaches_predict_and_predict_files(tiny_checkpoint, good_dir, capsys):
+    from specdet.runtime import Detector
+
+    image = good_dir / "good0.png"  # 48 x 40, resized to 38 x 32 by the stand-in's preprocessing
+    with Detector(tiny_checkpoint, max_pixels=1500) as detector:
+        (result,) = detector.predict_files([image])
+        assert "above the limit of 0.0" in result.error
+        with pytest.raises(preprocess_module.ImageError, match="1920 megapixels|48 x 40"):
+            detector.predict([image])
+    with Detector(tiny_checkpoint, max_pixels=48 * 40) as detector:
+        assert detector.predict_files([image])[0].ok and detector.predict([image]).shape == (1,)
+    code, out, err = _predict([tiny_checkpoint, image, "--max-pixels", "1500"], capsys)
+    assert code == 1 and "good0.png: 48 x 40 is 0.0 megapixels, above the limit" in err
+    code, _, err = _predict([tiny_checkpoint, image, "--max-pixels", str(48 * 40)], capsys)
+    assert code == 0 and err == ""
+
+
+# ---- messages: say what was done, and the remedy that fits the artifact ---------------------------------------------
+
+
+def _multi_frame(path: Path, frames: int) -> Path:
+    rng = np.random.default_rng(frames)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], **({"duration": 100} if path.suffix != ".tiff" else {}))
+    return path
+
+
+@pytest.mark.parametrize(("name", "frames"), [("anim.gif", 3), ("pages.tiff", 2), ("anim.webp", 4), ("anim.png", 2)])
+def test_a_multi_frame_image_is_scored_on_its_first_frame_and_says_so(tiny_checkpoint, good_dir, capsys, name, frames):
+    from specdet.runtime import Detector
+
+    path = _multi_frame(good_dir / name, frames)
+    with Image.open(path) as image:
+        assert image.n_frames == frames  # this Pillow writes the frames
+        first = np.asarray(image.convert("RGB"))
+    code, out, err = _predict([tiny_checkpoint, good_dir, "--csv"], capsys)
+    assert code == 0 and len(out.splitlines()) == 1 + 5
+    assert err.splitlines() == [f"note: {path} has {frames} frames; scored the first"]
+    with Detector(tiny_checkpoint) as detector:
+        (result,) = detector.predict_files([path])
+        assert result.frames == frames
+        assert result.probability == pytest.approx(float(detector.predict(first)[0]), abs=1e-6)
+        assert [r.frames for r in detector.predict_files([good_dir / "good0.png"])] == [1]
+
+
+def test_batch_messages_never_say_any_and_name_the_right_tool(tiny_checkpoint, tiny_onnx):
+    from conftest import MAX_BATCH
+    from specdet.runtime import create_runner
+    from specdet.runtime.base import batch_range_remedy, remake_remedy
+
+    with create_runner(tiny_checkpoint) as runner, pytest.raises(checkpoint.SpecdetError) as err:
+        runner.infer(np.zeros((0, 3, 32, 32), np.float32))
+    assert "any" not in str(err.value) and "takes 1 image or more" in str(err.value)
+    with create_runner(tiny_onnx) as runner, pytest.raises(checkpoint.SpecdetError) as err:
+        runner.infer(np.zeros((MAX_BATCH + 1, 3, 32, 32), np.float32))
+    assert str(err.value).endswith(f"takes 1 to {MAX_BATCH}: use a smaller --batch-size or re-export with a larger "
+                                   "detect-export --max-batch")
+    for engine in ("m.engine", "m.PLAN"):
+        assert batch_range_remedy(engine) == "rebuild the engine with a larger detect-build --batch"
+        assert remake_remedy(engine) == "rebuild it with detect-build"
+    assert remake_remedy("m.onnx") == "re-export it with detect-export"
+
+
+@pytest.mark.parametrize("kind", ["raw pickle", "torch.save"])
+def test_a_pickle_is_refused_in_one_line_without_torch_s_warning(tmp_path, good_dir, kind):
+    import pickle
+
+    path = tmp_path / "evil.pth"
+    payload = {"x": os.system}  # loading would need a Python object: refused
+    if kind == "raw pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=4))  # torch warns about protocol 4 before refusing
+    else:
+        torch.save(payload, path)
+    done = _run_predict(path, good_dir, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()  # torch's two-line warning would come first
+    assert line.endswith(f"error: {path} holds pickled Python objects, which are refused for safety: save only tensors "
+                         "and plain containers (specdet.models.checkpoint.save does)")
+
+
+def test_a_pickled_resume_state_is_refused_without_torch_s_warning(tmp_path):
+    import pickle
+    import warnings
+
+    from specdet.train.state import load_state
+
+    path = tmp_path / "evil.state.pth"
+    path.write_bytes(pickle.dumps({"x": os.system}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(checkpoint.SpecdetError, match="is not a readable training state"):
+            load_state(path)
+    assert caught == []

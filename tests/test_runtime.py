@@ -148,7 +148,7 @@ def test_progress_is_reported_per_batch(tiny_checkpoint, image_dir):
 
 
 def test_bad_batch_size(tiny_checkpoint, image_dir):
-    with pytest.raises(SpecdetError, match="--batch-size"):
+    with pytest.raises(SpecdetError, match="batch_size=0 is out of range: give a whole number from 1 to 65536"):
         Detector(tiny_checkpoint).predict(image_dir / "good" / "coffee.jpg", batch_size=0)
 
 

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 
 from specdet import cli
 from specdet.errors import SpecdetError
+from specdet.files import check_outputs
 from specdet.models import list_models
 from specdet.train import distributed
 from specdet.train.config import PRECISIONS, RECIPES, TrainConfig, parse_overrides, resume_config
-from specdet.train.evaluate import evaluate_checkpoint, markdown, write_report
+from specdet.train.evaluate import evaluate_checkpoint, markdown, report_paths, write_report
 from specdet.train.loop import summary, train
 from specdet.train.state import load_state
 
@@ -153,6 +154,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SpecdetError("--eval-only needs --data DIR, the folder to evaluate")
     if hasattr(args, "threshold") and getattr(args, "calibrate_fpr", None) is not None:
         raise SpecdetError("give --threshold or --calibrate-fpr, not both")
+    # Every output is checked before the scoring starts, and against each other.
+    outputs = list(zip(report_paths(args.report), ("JSON report", "Markdown report"))) if hasattr(args, "report") else []
+    if hasattr(args, "output"):
+        outputs.append((args.output, "calibrated checkpoint"))
+    check_outputs(outputs, inputs=(args.eval_only,))
     result = evaluate_checkpoint(
         args.eval_only, args.data, threshold=getattr(args, "threshold", None),
         calibrate_fpr=getattr(args, "calibrate_fpr", None), batch_size=getattr(args, "batch_size", 32),

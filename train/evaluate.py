@@ -19,6 +19,7 @@ import torch
 
 from specdet.models import checkpoint
 from specdet.errors import SpecdetError
+from specdet.files import check_output
 from specdet.models import ScoringModule
 from specdet.train import distributed
 from specdet.train.data import REAL, EvalDataset, Sample, default_workers, discover, eval_loader
@@ -114,10 +115,15 @@ def markdown(result: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def report_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """``PREFIX.json`` and ``PREFIX.md``, the files :func:`write_report` writes."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + ".json"), prefix.with_name(prefix.name + ".md")
+
+
 def write_report(result: dict[str, Any], prefix: str | os.PathLike, title: str) -> tuple[Path, Path]:
     """``PREFIX.json`` and ``PREFIX.md``."""
-    prefix = Path(prefix)
-    json_path, md_path = prefix.with_name(prefix.name + ".json"), prefix.with_name(prefix.name + ".md")
+    json_path, md_path = report_paths(prefix)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     md_path.write_text(markdown(result, title) + "\n")
     return json_path, md_path
@@ -141,6 +147,8 @@ def evaluate_checkpoint(
     on the reals of ``data``, else the checkpoint's. ``save_to``: write the
     checkpoint again there with that threshold.
     """
+    if save_to is not None:  # before the scoring, which may take hours
+        check_output(save_to, "calibrated checkpoint", inputs=(path,))
     world = distributed.setup(device, threads)
     try:
         loaded = checkpoint.load(path)

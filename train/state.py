@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from specdet.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from specdet.models.checkpoint import FORMAT as CHECKPOINT_FORMAT, load_tensors
 from specdet.files import atomic_write
 from specdet.errors import SpecdetError
 
@@ -47,7 +47,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise SpecdetError(f"resume state {path} not found: pass the .state.pth written beside the output")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = load_tensors(path)
     except Exception as err:  # torch raises many types here: pickle, zip, runtime errors
         reason = type(err).__name__
         raise SpecdetError(f"{path} is not a readable training state ({reason}): pass a .state.pth") from err

@@ -1,0 +1,31 @@
+"""Bounds on the counts users give, the same for the command lines and the Python API.
+
+A value outside its range is refused with one line (:func:`check_count`)
+before any work starts, instead of thrashing, hanging or failing deep inside
+a backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from specdet.errors import SpecdetError
+
+# A thread count beyond this only thrashes (100000 threads did not finish in minutes).
+MAX_THREADS = 1024
+# A batch beyond this does not fit any accelerator's memory at 224 x 224.
+MAX_BATCH = 65536
+# 8000 x 8000: every camera photo fits; a decompression bomb (a small PNG whose
+# header claims 30000 x 30000) is refused from its header, before decoding.
+# Below Pillow's own warning threshold (about 89.5 megapixels).
+MAX_PIXELS = 64_000_000
+# The most max_pixels may be raised to: Pillow refuses larger images as
+# decompression bombs whatever specdet allows (twice its MAX_IMAGE_PIXELS).
+MAX_PIXELS_CEILING = 2 * 89_478_485
+
+
+def check_count(value: Any, name: str, high: int) -> int:
+    """``value`` if it is a whole number from 1 to ``high``; otherwise a one-line :class:`SpecdetError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise SpecdetError(f"{name}={value!r} is out of range: give a whole number from 1 to {high}")
+    return value
