@@ -5,7 +5,7 @@ pairs around FP32 ops, INT8 weight initializers behind ``DequantizeLinear``):
 ONNX Runtime and OpenVINO run it as INT8 kernels on the CPU, and TensorRT
 reads it as explicit quantisation. Choices, each for a reason:
 
-- weights INT8, per output channel, symmetric; activations INT8 symmetric
+- weights INT8, per output channel, symmetric, biases FP32; activations INT8 symmetric
   (zero point 0: TensorRT's explicit quantisation accepts no other), ranges
   from MinMax calibration on the calibration images, computed once and cached
   for every trial;
@@ -164,7 +164,7 @@ def to_int8(
                 released.append(group.name)
     report = Int8Report(
         quantizer=f"onnxruntime.quantization {ort.__version__}",
-        scheme="QDQ; weights int8 per-channel symmetric; activations int8 symmetric, MinMax calibration",
+        scheme="QDQ; weights int8 per-channel symmetric, biases fp32; activations int8 symmetric, MinMax calibration",
         tolerance=tolerance,
         calibration=calibration,
         islands=fp32,
@@ -205,7 +205,8 @@ def _quantize(model: Path, batches: Sequence[np.ndarray], input_name: str, exclu
             model, path, Images(), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=exclude, calibration_cache_path=cache,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": True},
+            # Biases stay FP32: TensorRT dequantises only 8-bit and smaller types, not ORT's INT32 biases.
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": True, "QuantizeBias": False},
         )
     finally:
         logging.disable(previous)
