@@ -39,21 +39,26 @@ def export_checkpoint(
     calibration: str | os.PathLike | None = None,
     calibration_count: int = 32,
     fp16_tolerance: float | None = None,
+    int8_tolerance: float | None = None,
     progress: bool = True,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``output`` (default: the checkpoint's name with ``.onnx``), manifest inside.
 
-    ``precision="fp16"`` exports and validates in FP32 first, then converts
-    (see :func:`convert_to_fp16`); the FP32 file is not kept.
+    ``precision="fp16"`` or ``"int8"`` exports and validates in FP32 first,
+    then converts (see :func:`convert_to_fp16`, :func:`convert_to_int8`); the
+    FP32 file is not kept.
     """
     if precision not in PRECISIONS:
         raise SpecdetError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if output is None:
-        name = Path(checkpoint).stem + ("-fp16.onnx" if precision == "fp16" else ONNX_SUFFIX)
+        name = Path(checkpoint).stem + (f"-{precision}.onnx" if precision != "fp32" else ONNX_SUFFIX)
         output = Path(checkpoint).with_name(name)
     output = _check_onnx_output(output, (checkpoint,))
-    if precision == "fp16":
-        _require_fp16()
+    if precision != "fp32":
+        if precision == "fp16":
+            _require_fp16()
+        if calibration is not None:  # before the FP32 export: a wrong folder should not cost one
+            folder_images(Path(calibration))
         start = time.perf_counter()
         work = temporary_folder(output)
         fp32 = work / f"{output.stem}.fp32.onnx"
@@ -61,13 +66,16 @@ def export_checkpoint(
             result = export_checkpoint(checkpoint, fp32, arch=arch, fft=fft, opset=opset, max_batch=max_batch,
                                        progress=progress)
             exported = time.perf_counter()
-            converted = convert_to_fp16(fp32, output, calibration=calibration, count=calibration_count,
-                                        tolerance=fp16_tolerance, progress=progress, keep_parent=False)
+            convert, tolerance = ((convert_to_fp16, fp16_tolerance) if precision == "fp16"
+                                  else (convert_to_int8, int8_tolerance))
+            converted = convert(fp32, output, calibration=calibration, count=calibration_count,
+                                tolerance=tolerance, progress=progress, keep_parent=False)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         done = time.perf_counter()
         return dataclasses.replace(result, path=output, precision=converted, seconds=done - start,
-                                   stages={"FP32 export": exported - start, "FP16 conversion": done - exported})
+                                   stages={"FP32 export": exported - start,
+                                           f"{precision.upper()} conversion": done - exported})
     loaded = checkpoints.load(checkpoint, arch=arch)
     crop = int(loaded.preprocessing["crop"])
     generator = torch.Generator().manual_seed(0)
@@ -173,22 +181,82 @@ def convert_to_fp16(
             "versions": library_versions(),
         },
     ).embed(converted)  # replaces the FP32 manifest the converted model still carries
+    _save_checked(converted, output)
+    return report
+
+
+def convert_to_int8(
+    onnx_path: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    calibration: str | os.PathLike | None = None,
+    count: int = 32,
+    tolerance: float | None = None,
+    progress: bool = True,
+    keep_parent: bool = True,
+):
+    """An exported FP32 ``.onnx`` to an INT8 QDQ ``.onnx``, each with its manifest inside.
+
+    Calibration images and ``keep_parent`` as for :func:`convert_to_fp16`;
+    FP32 islands chosen by measurement (see :mod:`specdet.export.int8`).
+    Returns the :class:`~specdet.export.int8.Int8Report`, also written into the
+    manifest (``fp32_islands``, ``int8``).
+    """
+    import onnx
+    from specdet.export import int8
+
+    source = Path(onnx_path)
+    manifest = Manifest.read(source)
+    if manifest.precision != "fp32":
+        raise SpecdetError(f"{source.name} is already {manifest.precision}: quantise its FP32 export")
+    if tolerance is not None and not 0.0 < tolerance <= 1.0:
+        raise SpecdetError(f"the INT8 tolerance is a probability difference in (0, 1], got {tolerance:g}")
+    output = _check_onnx_output(output if output is not None else source.with_name(source.stem + "-int8.onnx"),
+                                (source,))
+    batches, description = calibration_batches(manifest, calibration, count)
+    model = onnx.load(str(source))
+    quantized, report = int8.to_int8(
+        model, batches, input_name=manifest.input.name, threshold=manifest.threshold, calibration=description,
+        tolerance=int8.DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        progress=_progress_printer(progress, "int8"),
+    )
+    del model
+    parent = {"path": str(source), "sha256": file_sha256(source)} if keep_parent else manifest.parent
+    dataclasses.replace(
+        manifest,
+        artifact=output.name,
+        precision="int8",
+        parent=parent,
+        provenance={
+            **manifest.provenance,
+            "fp32_islands": report.island_summary(),
+            "int8": {k: v for k, v in report.to_dict().items() if k != "islands"},
+            "versions": library_versions(),
+        },
+    ).embed(quantized)
+    _save_checked(quantized, output)
+    return report
+
+
+def _save_checked(model, output: Path) -> None:
+    """Write ``model`` to ``output`` atomically, after ONNX's full check: a failure leaves no file behind."""
+    import onnx
+
     tmp = partial_path(output)
     try:
-        onnx.save(converted, str(tmp))
+        onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    return report
 
 
-def _progress_printer(enabled: bool):
+def _progress_printer(enabled: bool, stage: str = "fp16"):
     import sys
 
     if not enabled:
         return None
-    return lambda message: print(f"  fp16: {message}", file=sys.stderr, flush=True)
+    return lambda message: print(f"  {stage}: {message}", file=sys.stderr, flush=True)
 
 
 def calibration_batches(manifest: Manifest, source: str | os.PathLike | None, count: int):

@@ -10,7 +10,8 @@ from pathlib import Path
 import onnx
 
 from specdet import cli
-from specdet.export.artifact import PRECISIONS, convert_to_fp16, export_checkpoint
+from specdet.export import int8
+from specdet.export.artifact import PRECISIONS, convert_to_fp16, convert_to_int8, export_checkpoint
 from specdet.export.onnx import AUTO_FFT, DEFAULT_OPSET, FFT_MODES, MIN_OPSET
 
 
@@ -22,12 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "checkpoint",
-        help="a .pth written by specdet (or a plain state dict with --arch); with --precision fp16 also an "
-        "exported FP32 .onnx with its manifest, converted without re-exporting",
+        help="a .pth written by specdet (or a plain state dict with --arch); with --precision fp16 or int8 also "
+        "an exported FP32 .onnx with its manifest, converted without re-exporting",
     )
     parser.add_argument(
         "-o", "--output",
-        help="ONNX file to write (default: the checkpoint's name with .onnx; NAME-fp16.onnx with --precision fp16)",
+        help="ONNX file to write (default: the checkpoint's name with .onnx; NAME-fp16.onnx or NAME-int8.onnx with "
+        "--precision fp16 or int8)",
     )
     parser.add_argument("--arch", help="architecture of a plain state dict (see specdet.models.list_models())")
     parser.add_argument(
@@ -41,17 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     fp16.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
         help="fp16: mixed-precision file for strongly typed TensorRT (FP16 tensors, FP32 inputs, outputs and "
-        "measured FP32 islands); needs specdet[fp16]",
+        "measured FP32 islands); needs specdet[fp16]. int8: QDQ file (INT8 weights and activations, static "
+        "calibration) for ONNX Runtime, OpenVINO and TensorRT, with measured FP32 islands",
     )
     fp16.add_argument(
         "--calibration", metavar="DIR",
-        help="images the FP16 error is measured on (default: scikit-image's sample photos)",
+        help="images the FP16 or INT8 error is measured on, and INT8 activation ranges calibrated on "
+        "(default: scikit-image's sample photos)",
     )
     fp16.add_argument("--calibration-count", type=cli.int_range(1, 100_000), default=32, metavar="N",
                       help="images taken from --calibration, spread over the folder (default 32)")
     fp16.add_argument("--fp16-tolerance", type=cli.number_range(0.0, 1.0, above=True), metavar="P",
                       help="largest probability difference from FP32 an op group may leave when it goes FP16 "
                       "(default 0.005)")
+    fp16.add_argument("--int8-tolerance", type=cli.number_range(0.0, 1.0, above=True), metavar="P",
+                      help="largest probability difference from FP32 the INT8 file may leave on the calibration "
+                      f"images; op groups go INT8 only within it (default {int8.DEFAULT_TOLERANCE})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_debug_flag(parser)
     return parser
@@ -64,25 +71,30 @@ def _export(args: argparse.Namespace) -> int:
         raise cli.SpecdetError(f"--calibration-count must be at least 1, got {args.calibration_count}")
     progress = not args.quiet and sys.stderr.isatty()
     if Path(args.checkpoint).suffix.lower() == ".onnx":
-        if args.precision != "fp16":
-            raise cli.SpecdetError(f"{args.checkpoint} is already ONNX: pass --precision fp16 to convert it, "
-                                   "or export a checkpoint")
+        if args.precision == "fp32":
+            raise cli.SpecdetError(f"{args.checkpoint} is already ONNX: pass --precision fp16 or int8 to convert "
+                                   "it, or export a checkpoint")
         start = time.perf_counter()
-        report = convert_to_fp16(args.checkpoint, args.output, calibration=args.calibration,
-                                 count=args.calibration_count, tolerance=args.fp16_tolerance, progress=progress)
-        output = args.output or str(Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-fp16.onnx"))
-        print(f"wrote {output} ({Path(output).stat().st_size / 1e6:.1f} MB, fp16) in "
+        convert, tolerance = ((convert_to_fp16, args.fp16_tolerance) if args.precision == "fp16"
+                              else (convert_to_int8, args.int8_tolerance))
+        report = convert(args.checkpoint, args.output, calibration=args.calibration, count=args.calibration_count,
+                         tolerance=tolerance, progress=progress)
+        stem = Path(args.checkpoint).stem
+        output = args.output or str(Path(args.checkpoint).with_name(f"{stem}-{args.precision}.onnx"))
+        print(f"wrote {output} ({Path(output).stat().st_size / 1e6:.1f} MB, {args.precision}) in "
               f"{time.perf_counter() - start:.1f} s")
         print("\n".join(report.lines()))
         return 0
     result = export_checkpoint(
         args.checkpoint, args.output, arch=args.arch, fft=args.fft, opset=args.opset,
         max_batch=args.max_batch, precision=args.precision, calibration=args.calibration,
-        calibration_count=args.calibration_count, fp16_tolerance=args.fp16_tolerance, progress=progress,
+        calibration_count=args.calibration_count, fp16_tolerance=args.fp16_tolerance,
+        int8_tolerance=args.int8_tolerance, progress=progress,
     )
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.stages.items())
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, fft={result.fft}, opset {result.opset}, "
-          f"batch 1..{result.max_batch}{', fp16' if result.precision is not None else ''}) in {result.seconds:.1f} s"
+          f"batch 1..{result.max_batch}{', ' + args.precision if result.precision is not None else ''}) in "
+          f"{result.seconds:.1f} s"
           + (f" ({stages})" if stages else ""))
     print(f"validated against PyTorch at batch sizes {result.validation.batch_sizes}"
           f"{' (the FP32 export, before conversion)' if result.precision is not None else ''}:")

@@ -43,7 +43,7 @@ VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "probability")
 BATCH_AXIS = "batch"  # the name of the dynamic first axis in a shape
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 # Tensor dtypes, as numpy names.
 DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -59,7 +59,8 @@ ONNX_METADATA_KEY = "specdet.manifest"
 # The ONNX Runtime graph optimisation level each precision runs at, by its
 # GraphOptimizationLevel name: ONNX Runtime 1.32's layout optimizer (the
 # level above EXTENDED) crashes on FP16 graphs, so FP16 files stop below it.
-ORT_OPTIMIZATION = {"fp32": "ORT_ENABLE_ALL", "fp16": "ORT_ENABLE_EXTENDED"}
+# INT8 (QDQ) files need the full level: it fuses Q/DQ pairs into INT8 kernels.
+ORT_OPTIMIZATION = {"fp32": "ORT_ENABLE_ALL", "fp16": "ORT_ENABLE_EXTENDED", "int8": "ORT_ENABLE_ALL"}
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # The JSON keys Manifest types; every other key is provenance.

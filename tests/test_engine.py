@@ -324,3 +324,11 @@ def test_cli_uses_the_plugin_library(tmp_path, capsys):
     assert set(plugin) == {"name", "sha256", "ops"} and "BandSplit" in plugin["ops"]
     assert plugin["name"] == os.path.basename(library) and plugin["sha256"] == file_sha256(library)
     assert out.stat().st_size < built("dual_branch_tiny", "plugin", "fp32").stat().st_size
+
+
+def test_int8_qdq_file_builds_with_explicit_quantisation():
+    # Biases stay FP32 in the QDQ file: TensorRT-RTX rejects DequantizeLinear of ORT's INT32 biases.
+    path = built("dual_branch_tiny", "matmul", "int8")
+    info = Manifest.read(path).to_dict()
+    assert info["precision"] == "int8" and info["engine"]["strongly_typed"]
+    assert path.stat().st_size > 0

@@ -99,7 +99,7 @@ def _changed(path: str, value):
         ("inputs.0.shape", ["batch", 3, -1, 32], "inputs entry"),
         ("inputs", [], "inputs must list one tensor (the image batch), not 0"),
         ("outputs.1.name", "score", "outputs lack probability"),
-        ("precision", "int8", "precision must be one of fp32, fp16, not 'int8'"),
+        ("precision", "int4", "precision must be one of fp32, fp16, int8, not 'int4'"),
         ("opset", 0, "opset must be a positive integer"),
         ("config", [], "config must be an object"),
         ("engine", {"library": "tensorrt", "plugins": [{"name": "lib.so", "sha256": "xyz"}]}, "engine.plugins entry"),

@@ -1,7 +1,7 @@
 """Tiny detectors exported once per test session, shared by test_precision.py and test_engine.py.
 
 An export of a tiny detector takes seconds on a 2-core CPU; the FP16 tests
-and the engine tests need the same files, so each (model, FFT mode,
+the INT8 tests and the engine tests need the same files, so each (model, FFT mode,
 precision) is made once, on first use, in one temporary folder.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from specdet.models import checkpoint
-from specdet.export.artifact import convert_to_fp16, export_checkpoint
+from specdet.export.artifact import convert_to_fp16, convert_to_int8, export_checkpoint
 from specdet.models import create_model
 
 MAX_BATCH = 4
@@ -40,14 +40,16 @@ def tiny_checkpoint(arch: str) -> Path:
 
 
 def exported(arch: str, fft: str, precision: str = "fp32") -> Path:
-    """``ARCH-FFT.onnx`` (FP32) or ``ARCH-FFT-fp16.onnx`` (converted from it, scikit-image photos)."""
+    """``ARCH-FFT.onnx`` (FP32), or ``ARCH-FFT-fp16.onnx`` / ``ARCH-FFT-int8.onnx`` (converted from it, scikit-image
+    photos)."""
     key = (arch, fft, precision)
     if key not in _cache:
         if precision == "fp32":
             path = root() / f"{arch}-{fft}.onnx"
             export_checkpoint(tiny_checkpoint(arch), path, fft=fft, max_batch=MAX_BATCH, progress=False)
         else:
-            path = root() / f"{arch}-{fft}-fp16.onnx"
-            convert_to_fp16(exported(arch, fft), path, progress=False)
+            path = root() / f"{arch}-{fft}-{precision}.onnx"
+            convert = {"fp16": convert_to_fp16, "int8": convert_to_int8}[precision]
+            convert(exported(arch, fft), path, progress=False)
         _cache[key] = path
     return _cache[key]
