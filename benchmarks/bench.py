@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from specdet.benchmarks import accuracy, machine, peaks, stats, timing, variants
+from specdet.benchmarks import images as image_sets
+from specdet.benchmarks.progress import Progress
 from specdet.errors import SpecdetError
-from specdet.versions import library_versions
 from specdet.manifest import Manifest
 from specdet.runtime.preprocess import preprocess
-
-from specdet.benchmarks import accuracy, images as image_sets, machine, peaks, stats, timing, variants
-from specdet.benchmarks.progress import Progress
+from specdet.versions import library_versions
 
 FORMAT = "specdet-bench"
 VERSION = 1
@@ -192,7 +192,7 @@ def _latency(timed, image_set: image_sets.ImageSet, pixels: np.ndarray, spec: di
     for batch in config.batch_sizes:
         progress.note(f"timing batch {batch}")
         sources = [image_set.items[i % len(image_set)] for i in range(batch)]
-        (pre,) = timing.run([timing.Subject("preprocess", lambda: preprocess(sources, spec))], config.plan,
+        (pre,) = timing.run([timing.Subject("preprocess", lambda sources=sources: preprocess(sources, spec))], config.plan,
                             progress.advance)
         preprocessing_rows.append({"batch": batch, **stats.summarize(pre.seconds, batch),
                                    "ms_per_image": stats.percentile(pre.seconds, 50) * 1e3 / batch})
@@ -306,7 +306,6 @@ def _flops(reference: variants.Loaded, pixels: np.ndarray) -> int | None:
     import torch
 
     from specdet.benchmarks.flops import flops_per_image
-
     from specdet.runtime.torch_runner import TorchRunner
 
     if not isinstance(reference.runner, TorchRunner):
@@ -382,9 +381,8 @@ def builtin_artifacts(folder: Path, max_batch: int) -> list[Path]:
     """A tiny detector (random weights, fixed seed) saved and exported into ``folder``: ``[pth, onnx]``."""
     import torch
 
-    from specdet.models import checkpoint
     from specdet.export.artifact import export_checkpoint
-    from specdet.models import create_model
+    from specdet.models import checkpoint, create_model
 
     torch.manual_seed(0)
     pth = checkpoint.save(create_model(BUILTIN_MODEL), folder / f"{BUILTIN_MODEL}.pth", source="detect-bench (random init)")

@@ -23,11 +23,10 @@ import tempfile
 from pathlib import Path
 
 from specdet import cli
-from specdet.errors import SpecdetError
-from specdet.files import check_output
-
 from specdet.benchmarks import bench, report, timing, variants
 from specdet.benchmarks.progress import Progress
+from specdet.errors import SpecdetError
+from specdet.files import check_output
 
 DEFAULT_OUT = "bench-out"
 

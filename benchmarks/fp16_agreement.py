@@ -27,8 +27,8 @@ from specdet import cli
 from specdet.compare import compare as compare_scores
 from specdet.errors import SpecdetError
 from specdet.images import folder_images
-from specdet.versions import library_versions
 from specdet.runtime import Detector
+from specdet.versions import library_versions
 
 
 def compare(reference: str, candidate: str, folder: str, *, batch_size: int = 8, limit: int | None = None) -> dict:

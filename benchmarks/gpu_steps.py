@@ -52,8 +52,7 @@ class Context:
         """A random-weight checkpoint of ``name`` (fixed seed), saved once per run."""
         import torch
 
-        from specdet.models import checkpoint
-        from specdet.models import create_model
+        from specdet.models import checkpoint, create_model
 
         path = self.work / f"{name}.pth"
         if not path.is_file():

@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from specdet import cli
-from specdet.files import atomic_write
-
 from specdet.benchmarks import gpu_steps
+from specdet.files import atomic_write
 
 FORMAT = "specdet-gpu-suite"
 VERSION = 1

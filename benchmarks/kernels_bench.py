@@ -163,9 +163,11 @@ def bench_ops_at(lib: library.KernelLibrary, args, b: int) -> list:
         f = torch.from_numpy(fmap16).to(device, dtype)
         shape = list(f.shape)
         for method in ("cufft", "dft"):
-            measure(rows, "spectrum_magnitude_mean", name, shape, f"kernel-{method}", kernel_call(lib, "SpectrumMagnitudeMean", f, {}, method), expected_stat, args)
-        measure(rows, "spectrum_magnitude_mean", name, shape, "torch-rfft", in_float32(spectral.spectrum_magnitude_mean_reference, f), expected_stat, args)
-        measure(rows, "spectrum_magnitude_mean", name, shape, "matmul-lowering", lowered(spectral.spectrum_magnitude_mean_reference, f, False), expected_stat, args)
+            call = kernel_call(lib, "SpectrumMagnitudeMean", f, {}, method)
+            measure(rows, "spectrum_magnitude_mean", name, shape, f"kernel-{method}", call, expected_stat, args)
+        statistic = spectral.spectrum_magnitude_mean_reference
+        measure(rows, "spectrum_magnitude_mean", name, shape, "torch-rfft", in_float32(statistic, f), expected_stat, args)
+        measure(rows, "spectrum_magnitude_mean", name, shape, "matmul-lowering", lowered(statistic, f, False), expected_stat, args)
     return rows
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+
 def percentile(samples: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0 to 100) of ``samples``, linearly interpolated."""
     if not samples:

@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from specdet.benchmarks import timing
 from specdet.errors import SpecdetError
 from specdet.runtime import Runner, create_runner
 from specdet.runtime.base import BACKEND_BY_SUFFIX, BACKEND_SUFFIXES, runner_class
-
-from specdet.benchmarks import timing
 
 if TYPE_CHECKING:  # imported by the torch loaders when they run: torch is not needed to list variants
     from specdet.runtime.torch_runner import TorchRunner

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 import torch
-from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
-from specdet.models import ScoringModule
 
-from specdet.models import checkpoint as checkpoints
 from specdet.errors import SpecdetError
+from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
 from specdet.files import check_output, file_sha256, partial_path, temporary_folder
 from specdet.images import folder_images, sample_photos
 from specdet.manifest import BATCH_AXIS, INPUT_NAME, ONNX_SUFFIX, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
+from specdet.models import ScoringModule
+from specdet.models import checkpoint as checkpoints
 from specdet.versions import library_versions
 
 
@@ -150,6 +150,7 @@ def convert_to_fp16(
     names the checkpoint as parent).
     """
     import onnx
+
     from specdet.export import fp16
 
     source = Path(onnx_path)
@@ -203,6 +204,7 @@ def convert_to_int8(
     manifest (``fp32_islands``, ``int8``).
     """
     import onnx
+
     from specdet.export import int8
 
     source = Path(onnx_path)
@@ -262,6 +264,7 @@ def _progress_printer(enabled: bool, stage: str = "fp16"):
 def calibration_batches(manifest: Manifest, source: str | os.PathLike | None, count: int):
     """Preprocessed calibration images in batches the artifact accepts, and a description of where they came from."""
     import numpy as np
+
     from specdet.runtime.preprocess import preprocess
 
     if source is None:

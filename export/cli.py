@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how FFTs are written in ONNX: dft (ONNX DFT nodes), matmul (DFT as constant matrices), "
         f"plugin (specdet-domain ops with a matmul fallback body); auto = {AUTO_FFT}",
     )
-    parser.add_argument("--opset", type=cli.int_range(MIN_OPSET, onnx.defs.onnx_opset_version()), default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=cli.int_range(MIN_OPSET, onnx.defs.onnx_opset_version()),
+                        default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--max-batch", type=cli.BATCH, default=32, help="largest batch the file accepts (default 32)")
     fp16 = parser.add_argument_group("precision")
     fp16.add_argument(

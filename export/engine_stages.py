@@ -30,7 +30,11 @@ from types import ModuleType
 from specdet import tensorrt as trt_plugins
 from specdet.errors import SpecdetError
 from specdet.export.engine_library import (
-    Library, capability_names, compute_capability_targets, current_compute_capability, library_name,
+    Library,
+    capability_names,
+    compute_capability_targets,
+    current_compute_capability,
+    library_name,
 )
 from specdet.files import atomic_write, file_sha256
 from specdet.manifest import Manifest, remove_engine_sidecar

@@ -21,14 +21,14 @@ import numpy as np
 import onnx
 import torch
 
-from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
-from specdet.files import partial_path
 from specdet.export import plugin_ops
 from specdet.export.lowering import ComplexLowering
 from specdet.export.quiet import quiet_exporter
 from specdet.export.validate import ATOL, RTOL, ValidationReport, torch_outputs, validate
+from specdet.files import partial_path
 from specdet.models import spectral
+from specdet.progress import bar as progress_bar
 
 FFT_MODES = ("dft", "matmul", "plugin")
 # What ``--fft auto`` picks for ONNX Runtime on the CPU: the fastest mode in

@@ -21,10 +21,10 @@ import torch
 from onnx import helper, numpy_helper
 
 from specdet.errors import SpecdetError
-from specdet.tensorrt import PLUGIN_DOMAIN
 from specdet.export.lowering import ComplexLowering
 from specdet.export.quiet import quiet_exporter
 from specdet.models import spectral
+from specdet.tensorrt import PLUGIN_DOMAIN
 
 DOMAIN_VERSION = 1
 _opset = onnxscript.values.Opset(PLUGIN_DOMAIN, DOMAIN_VERSION)

@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 
 from specdet import cli
-from specdet.errors import SpecdetError
 from specdet import tensorrt as trt_plugins
+from specdet.errors import SpecdetError
 from specdet.tensorrt import PLUGIN_DOMAIN
 
 PLUGIN_VERSION = "1"  # = the ONNX domain version

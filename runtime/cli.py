@@ -12,13 +12,12 @@ from pathlib import Path
 
 from specdet import cli
 from specdet.cli import add_debug_flag, run
-from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.images import IMAGE_SUFFIXES, collect_images
 from specdet.limits import MAX_PIXELS, MAX_PIXELS_CEILING
+from specdet.progress import bar as progress_bar
 from specdet.runtime.base import BACKENDS
 from specdet.runtime.detector import Detector, Result
-
 
 # Exit status when some files were skipped (unreadable or missing) and the rest scored.
 

@@ -27,7 +27,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,7 +36,7 @@ from specdet.errors import SpecdetError
 from specdet.limits import MAX_PIXELS
 from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
-ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 # Pillow logs some decoder errors (a TIFF claiming 59139 samples per pixel)
 # before raising them; with logging not configured Python prints those on

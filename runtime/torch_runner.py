@@ -7,9 +7,9 @@ import os
 import numpy as np
 import torch
 
-from specdet.models import checkpoint
 from specdet import models
 from specdet.manifest import BATCH_AXIS, INPUT_NAME
+from specdet.models import checkpoint
 from specdet.runtime.base import ArtifactInfo, Runner, TensorSpec
 
 

@@ -20,11 +20,10 @@ import torch
 
 from specdet import cli
 from specdet.compare import compare
-from specdet.models import checkpoint
 from specdet.export.artifact import export_checkpoint
-from specdet.images import SAMPLE_PHOTOS, sample_photos
 from specdet.export.onnx import FFT_MODES
-from specdet.models import create_model
+from specdet.images import SAMPLE_PHOTOS, sample_photos
+from specdet.models import checkpoint, create_model
 from specdet.runtime import Detector
 
 DEMO_MODELS = ("dual_branch_tiny", "rine_ssca_tiny")

@@ -13,6 +13,7 @@ import numpy as np
 
 from specdet.errors import SpecdetError
 
+
 def _readable_suffixes() -> frozenset[str]:
     """Raster formats photos come in, as far as this Pillow can open them (AVIF needs Pillow 11.2+, say)."""
     from PIL import Image

@@ -30,7 +30,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from specdet import onnx_metadata
 from specdet.errors import SpecdetError
@@ -73,7 +73,7 @@ class TensorSpec:
     """One input or output of the artifact."""
 
     name: str
-    shape: tuple[Union[int, str], ...]  # a string names a dynamic axis, e.g. "batch"
+    shape: tuple[int | str, ...]  # a string names a dynamic axis, e.g. "batch"
     dtype: str  # numpy dtype name, one of DTYPES
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from skimage import data as samples
 
-from specdet.models import checkpoint
 from specdet import models
 from specdet.manifest import Manifest
+from specdet.models import checkpoint
 
 # The C/C++ runtime's build fixtures (cpp, cpp_sanitized), for its two test files.
 pytest_plugins = ["cpp_support"]

@@ -33,8 +33,7 @@ def main() -> None:
     signal.signal(signal.SIGALRM, _alarm)
 
     from specdet.errors import SpecdetError
-    from specdet.runtime import Detector
-    from specdet.runtime import cli
+    from specdet.runtime import Detector, cli
 
     cases = json.loads(open(cases_path).read())
     summary = {"images": {}, "cli": None, "manifests": [], "slowest": 0.0, "slowest_case": None}
@@ -60,13 +59,13 @@ def main() -> None:
 
     with Detector(cases["artifact"]) as detector:
         for path in cases["images"]:
-            (result,) = timed(path, lambda: detector.predict_files([path]))
+            (result,) = timed(path, lambda path=path: detector.predict_files([path]))
             summary["images"][path] = None if result.ok else result.error
     summary["cli"] = timed("the CLI on the folder", lambda: run_cli([cases["artifact"], cases["folder"], "--json"]))
     for case in cases["manifests"]:
-        outcome = timed(case["artifact"], lambda: run_cli([case["artifact"], case["image"], "--json"]))
+        outcome = timed(case["artifact"], lambda case=case: run_cli([case["artifact"], case["image"], "--json"]))
         try:
-            timed(case["artifact"], lambda: Detector(case["artifact"]).close())
+            timed(case["artifact"], lambda case=case: Detector(case["artifact"]).close())
             outcome["api"] = None
         except SpecdetError as err:  # any other type is a failure: it propagates, with its traceback
             outcome["api"] = str(err)

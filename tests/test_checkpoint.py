@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import TINY_PREPROCESSING, TinyConfig, TinyDetector
-from specdet.models import checkpoint
 from specdet import models
 from specdet.errors import SpecdetError
+from specdet.models import checkpoint
 from specdet.runtime import create_runner
 
 

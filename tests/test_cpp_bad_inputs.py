@@ -43,7 +43,7 @@ def _check_skips(result, folder, cases) -> None:
     scored = json.loads(result.stdout)
     assert [r["path"] for r in scored] == [str(folder / "good.jpg")]
     for name, words in cases.items():
-        line = next((l for l in result.stderr.splitlines() if l.startswith(f"skipped {folder / name}:")), None)
+        line = next((s for s in result.stderr.splitlines() if s.startswith(f"skipped {folder / name}:")), None)
         assert line is not None and words in line, (name, result.stderr)
 
 

@@ -19,8 +19,8 @@ import pytest
 from onnx import helper
 
 import tiny_exports
-from specdet.errors import SpecdetError
 from specdet import tensorrt as trt_plugins
+from specdet.errors import SpecdetError
 from specdet.export import build_cli, engine, engine_stages
 from specdet.files import file_sha256
 from specdet.manifest import Manifest, engine_sidecar
@@ -274,11 +274,10 @@ def test_engine_suffix_selects_the_tensorrt_backend():
 def test_engine_scores_like_onnxruntime(precision, tolerance, cuda_graphs):
     import threading
 
+    from specdet.images import sample_photos
     from specdet.runtime import create_runner
     from specdet.runtime.preprocess import preprocess
     from specdet.runtime.tensorrt_runner import TensorRTRunner
-
-    from specdet.images import sample_photos
 
     onnx_file = tiny_exports.exported("dual_branch_tiny", "matmul", precision)
     reference = create_runner(onnx_file)

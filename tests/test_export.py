@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from spectral_modules import AmplitudePhaseMix, FourierUnit, GlobalFilterNet, SpectralConv2d
 from specdet.errors import ExportValidationError, SpecdetError
 from specdet.export.onnx import ExportResult, export_onnx, resolve_fft
 from specdet.models import spectral
 from specdet.models.spectral import band_split, default_band_edges, radial_band_masks, spectrum_magnitude_mean
+from spectral_modules import AmplitudePhaseMix, FourierUnit, GlobalFilterNet, SpectralConv2d
 
 ATOL = 1e-4
 MAX_BATCH = 8

@@ -19,15 +19,14 @@ import onnx
 import pytest
 import torch
 from skimage import data as samples
+
+from specdet.errors import SpecdetError
 from specdet.export import artifact, cli
 from specdet.export import onnx as export_onnx_module
-from specdet.models import create_model, default_preprocessing
-from specdet.runtime import Detector
-
-from specdet.models import checkpoint
-from specdet.errors import SpecdetError
 from specdet.files import file_sha256
 from specdet.manifest import Manifest, legacy_onnx_sidecar
+from specdet.models import checkpoint, create_model, default_preprocessing
+from specdet.runtime import Detector
 
 MODELS = ("dual_branch_tiny", "rine_ssca_tiny")
 MODES = ("dft", "matmul", "plugin")

@@ -101,7 +101,8 @@ def test_a_child_that_hangs_is_killed_and_one_that_dies_is_reported(tmp_path):
     raised = gpu_suite.run_child([sys.executable, "-c", "pass"], saved, 30, log)
     assert raised["status"] == "failed" and raised["reason"] == "RuntimeError: boom"
     saved.write_text(json.dumps({"result": {"x": 1}}))
-    assert gpu_suite.run_child([sys.executable, "-c", "pass"], saved, 30, log) == {"status": "ok", "seconds": pytest.approx(0, abs=30), "result": {"x": 1}}
+    done = gpu_suite.run_child([sys.executable, "-c", "pass"], saved, 30, log)
+    assert done == {"status": "ok", "seconds": pytest.approx(0, abs=30), "result": {"x": 1}}
 
 
 def test_failing_variants_fall_back_to_fewer_riskiest_first():

@@ -234,7 +234,8 @@ def test_bad_arguments_are_one_line_with_a_pointer_to_help(module, argv, message
 
 def test_outputs_are_refused_before_any_work(tmp_path, capsys):
     from specdet.benchmarks import cli as bench_cli
-    from specdet.train import cli as train_cli, make_data
+    from specdet.train import cli as train_cli
+    from specdet.train import make_data
 
     folder, file = tmp_path / "folder", tmp_path / "file"
     folder.mkdir()

@@ -23,8 +23,7 @@ import onnx
 import pytest
 import torch
 
-from specdet.models import checkpoint
-from specdet.models import spectral
+from specdet.models import checkpoint, spectral
 
 needs_rtx = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx not installed (pip install tensorrt-rtx-cu13)"
@@ -135,7 +134,8 @@ def test_parser_finds_both_creators_and_the_fallbacks_build_without_them(two_ops
 
 @pytest.mark.tensorrt
 @needs_rtx
-@pytest.mark.skipif(not os.environ.get("SPECDET_TRT_PLUGINS_LIB"), reason="SPECDET_TRT_PLUGINS_LIB not set: the C++ plugin library is built where TensorRT headers are")
+@pytest.mark.skipif(not os.environ.get("SPECDET_TRT_PLUGINS_LIB"),
+                    reason="SPECDET_TRT_PLUGINS_LIB not set: the C++ plugin library is built where TensorRT headers are")
 def test_parser_finds_the_cpp_plugin_library(two_ops_onnx):
     report = inspect(two_ops_onnx, "--plugins", os.environ["SPECDET_TRT_PLUGINS_LIB"])
     assert report["parsed"] and report["built"], report["errors"]

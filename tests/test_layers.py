@@ -10,8 +10,9 @@ lazy import still ties the layers together).
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("specdet", "specdet.models", "specdet.kernels", "specdet.runtime", "specdet.export", "specdet.train",

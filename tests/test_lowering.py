@@ -262,7 +262,8 @@ ARITHMETIC_CASES = [
     ("div-complex-function", lambda x, y: torch.divide(torch.complex(x, y), torch.complex(y, x))),
     # bilinear: einsum and matmul
     ("einsum", lambda x, y: torch.einsum("bixy,bjxy->bijx", fft.fft(x), fft.fft(y))),
-    ("einsum-fno", lambda x, y: torch.einsum("bixy,ioxy->boxy", fft.rfft2(x)[:, :, :3, :3], torch.complex(y[0, :, :3, :3], x[1, :, :3, :3])[:, None].expand(3, 3, 3, 3))),
+    ("einsum-fno", lambda x, y: torch.einsum("bixy,ioxy->boxy", fft.rfft2(x)[:, :, :3, :3],
+                                             torch.complex(y[0, :, :3, :3], x[1, :, :3, :3])[:, None].expand(3, 3, 3, 3))),
     ("einsum-operand-list", lambda x, y: torch.einsum("...ij,...jk->...ik", [fft.fft(x), fft.fft(y).transpose(-1, -2)])),
     ("matmul", lambda x, y: torch.matmul(fft.fft(x), fft.fft(y).transpose(-1, -2))),
     ("matmul-operator", lambda x, y: fft.fft(x) @ fft.fft(y).transpose(-1, -2)),

@@ -177,7 +177,9 @@ def test_reading_never_parses_the_graph(tmp_path):
         file.write(onnx_metadata._field(7, garbage))
         file.write(onnx_metadata._field(14, onnx_metadata._field(1, b"k") + onnx_metadata._field(2, b"v")))
     assert onnx_metadata.read_metadata(path) == {"k": "v"}
-    with pytest.raises(Exception):
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):
         onnx.load(str(path))
 
 
@@ -204,7 +206,9 @@ def test_external_data_stays_where_it_is(tiny_onnx, tmp_path):
     loaded = onnx.load(str(path))  # the weights still resolve from the data file
     assert len(data) >= 256 and sum(len(i.raw_data) for i in loaded.graph.initializer) >= len(data)
     batch = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": batch})
+    def run(p):
+        return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": batch})
+
     np.testing.assert_array_equal(run(path)[1], run(tiny_onnx)[1])
 
 

@@ -133,7 +133,8 @@ def test_detect_bench_runs_the_openvino_variants_and_records_what_ran(ov, tiny_c
 
     import jsonschema
 
-    from specdet.benchmarks import cli as bench_cli, report, variants
+    from specdet.benchmarks import cli as bench_cli
+    from specdet.benchmarks import report, variants
 
     bf16 = variants.VARIANTS["openvino-cpu-bf16"].requires() is None
     assert bf16 == ("BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))

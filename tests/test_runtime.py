@@ -278,4 +278,4 @@ def test_tensorrt_close_frees_every_thread_s_state_once():
     assert [s.released for s in states] == [1, 1] and runner._states == []
     assert not hasattr(runner, "_engine") and not hasattr(runner, "_runtime")
     with pytest.raises(SpecdetError, match="the tensorrt runner of m.engine is closed"):
-        runner.engine
+        _ = runner.engine

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from specdet.models import checkpoint
-from specdet.models import create_model
+from specdet.models import checkpoint, create_model
 from specdet.runtime import Detector
 from specdet.train import distributed, schedule
 from specdet.train.cli import main

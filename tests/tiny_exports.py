@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from specdet.models import checkpoint
 from specdet.export.artifact import convert_to_fp16, convert_to_int8, export_checkpoint
-from specdet.models import create_model
+from specdet.models import checkpoint, create_model
 
 MAX_BATCH = 4
 _root: Path | None = None

@@ -13,7 +13,6 @@ GPU processes and gloo CPU ones (the CPU tests use gloo, two processes).
 from __future__ import annotations
 
 import datetime
-
 import os
 from dataclasses import dataclass
 from typing import Any

@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from specdet.models import checkpoint
 from specdet.errors import SpecdetError
 from specdet.files import check_output
-from specdet.models import ScoringModule
+from specdet.models import ScoringModule, checkpoint
 from specdet.train import distributed
 from specdet.train.data import REAL, EvalDataset, Sample, default_workers, discover, eval_loader
 from specdet.train.metrics import mean_over_sources, source_metrics, threshold_at_fpr

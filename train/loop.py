@@ -22,11 +22,10 @@ from typing import Any
 
 import torch
 
-from specdet.models import checkpoint
-from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.files import check_output
-from specdet.models import create_model, default_preprocessing
+from specdet.models import checkpoint, create_model, default_preprocessing
+from specdet.progress import bar as progress_bar
 from specdet.train import distributed, schedule
 from specdet.train.augment import Augment
 from specdet.train.config import TrainConfig, recipe_for

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from specdet import cli
-from specdet.progress import bar as progress_bar
 from specdet.errors import SpecdetError
 from specdet.files import check_output
+from specdet.progress import bar as progress_bar
 
 # Bundled photographs (no download); validation ones are never used for training.
 TRAIN_PHOTOS = (

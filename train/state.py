@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from specdet.models.checkpoint import FORMAT as CHECKPOINT_FORMAT, load_tensors
-from specdet.files import atomic_write
 from specdet.errors import SpecdetError
+from specdet.files import atomic_write
+from specdet.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from specdet.models.checkpoint import load_tensors
 
 FORMAT = "specdet-train-state"
 VERSION = 1

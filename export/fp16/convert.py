@@ -19,7 +19,15 @@ from onnx import helper
 
 from specdet.errors import SpecdetError
 from specdet.export.fp16.graph import (
-    DETACH_BYTES, FLOAT, FLOAT16, FP16_MAX, cast_to, constant_ancestors, consumers, name_nodes, producers,
+    DETACH_BYTES,
+    FLOAT,
+    FLOAT16,
+    FP16_MAX,
+    cast_to,
+    constant_ancestors,
+    consumers,
+    name_nodes,
+    producers,
 )
 
 MIN_POSITIVE = 1e-7  # smaller nonzero constants are rounded up to this, as onnxconverter-common does

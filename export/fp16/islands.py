@@ -25,7 +25,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from specdet.export.fp16.graph import (
-    FLOAT, FP16_MAX, consumers, constant_values, name_nodes, producers, shapes, small_constants, without_weights,
+    FLOAT,
+    FP16_MAX,
+    constant_values,
+    consumers,
+    name_nodes,
+    producers,
+    shapes,
+    small_constants,
+    without_weights,
 )
 from specdet.export.fp16.measure import session
 from specdet.export.fp16.spectral import REDUCTIONS, SPECTRAL_PASS, spectral_region
