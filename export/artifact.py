@@ -149,41 +149,13 @@ def convert_to_fp16(
     ``keep_parent=False`` when the FP32 file is a temporary (the manifest then
     names the checkpoint as parent).
     """
-    import onnx
-
     from specdet.export import fp16
 
-    source = Path(onnx_path)
-    output = _check_onnx_output(output if output is not None else source.with_name(source.stem + "-fp16.onnx"),
-                                (source,))
     _require_fp16()
-    manifest = Manifest.read(source)
-    if manifest.precision != "fp32":
-        raise SpecdetError(f"{source.name} is already {manifest.precision}: convert its FP32 export")
-    batches, description = calibration_batches(manifest, calibration, count)
-    say = _progress_printer(progress)
-    model = onnx.load(str(source))
-    converted, report = fp16.to_fp16(
-        model, batches, input_name=manifest.input.name, threshold=manifest.threshold,
-        calibration=description, tolerance=fp16.DEFAULT_TOLERANCE if tolerance is None else tolerance,
-        progress=say,
-    )
-    del model
-    parent = {"path": str(source), "sha256": file_sha256(source)} if keep_parent else manifest.parent
-    dataclasses.replace(
-        manifest,
-        artifact=output.name,
-        precision="fp16",
-        parent=parent,
-        provenance={
-            **manifest.provenance,
-            "fp32_islands": report.island_summary(),
-            "fp16": {k: v for k, v in report.to_dict().items() if k != "islands"},
-            "versions": library_versions(),
-        },
-    ).embed(converted)  # replaces the FP32 manifest the converted model still carries
-    _save_checked(converted, output)
-    return report
+    return _convert(onnx_path, output, "fp16", calibration=calibration, count=count, progress=progress,
+                    keep_parent=keep_parent,
+                    convert=lambda model, **kw: fp16.to_fp16(
+                        model, tolerance=fp16.DEFAULT_TOLERANCE if tolerance is None else tolerance, **kw))
 
 
 def convert_to_int8(
@@ -203,40 +175,47 @@ def convert_to_int8(
     Returns the :class:`~specdet.export.int8.Int8Report`, also written into the
     manifest (``fp32_islands``, ``int8``).
     """
-    import onnx
-
     from specdet.export import int8
 
-    source = Path(onnx_path)
-    manifest = Manifest.read(source)
-    if manifest.precision != "fp32":
-        raise SpecdetError(f"{source.name} is already {manifest.precision}: quantise its FP32 export")
     if tolerance is not None and not 0.0 < tolerance <= 1.0:
         raise SpecdetError(f"the INT8 tolerance is a probability difference in (0, 1], got {tolerance:g}")
-    output = _check_onnx_output(output if output is not None else source.with_name(source.stem + "-int8.onnx"),
+    return _convert(onnx_path, output, "int8", calibration=calibration, count=count, progress=progress,
+                    keep_parent=keep_parent,
+                    convert=lambda model, **kw: int8.to_int8(
+                        model, tolerance=int8.DEFAULT_TOLERANCE if tolerance is None else tolerance, **kw))
+
+
+def _convert(onnx_path, output, precision: str, *, calibration, count: int, progress: bool, keep_parent: bool,
+             convert):
+    """The steps both conversions share: read and check the FP32 file, calibrate, ``convert(model, ...)``
+    (returns the new model and its report), embed the manifest with the report, write atomically."""
+    import onnx
+
+    source = Path(onnx_path)
+    output = _check_onnx_output(output if output is not None else source.with_name(f"{source.stem}-{precision}.onnx"),
                                 (source,))
+    manifest = Manifest.read(source)
+    if manifest.precision != "fp32":
+        raise SpecdetError(f"{source.name} is already {manifest.precision}: convert its FP32 export")
     batches, description = calibration_batches(manifest, calibration, count)
     model = onnx.load(str(source))
-    quantized, report = int8.to_int8(
-        model, batches, input_name=manifest.input.name, threshold=manifest.threshold, calibration=description,
-        tolerance=int8.DEFAULT_TOLERANCE if tolerance is None else tolerance,
-        progress=_progress_printer(progress, "int8"),
-    )
+    converted, report = convert(model, batches=batches, input_name=manifest.input.name, threshold=manifest.threshold,
+                                calibration=description, progress=_progress_printer(progress, precision))
     del model
     parent = {"path": str(source), "sha256": file_sha256(source)} if keep_parent else manifest.parent
     dataclasses.replace(
         manifest,
         artifact=output.name,
-        precision="int8",
+        precision=precision,
         parent=parent,
         provenance={
             **manifest.provenance,
             "fp32_islands": report.island_summary(),
-            "int8": {k: v for k, v in report.to_dict().items() if k != "islands"},
+            precision: {k: v for k, v in report.to_dict().items() if k != "islands"},
             "versions": library_versions(),
         },
-    ).embed(quantized)
-    _save_checked(quantized, output)
+    ).embed(converted)  # replaces the FP32 manifest the converted model still carries
+    _save_checked(converted, output)
     return report
 
 
@@ -253,7 +232,7 @@ def _save_checked(model, output: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _progress_printer(enabled: bool, stage: str = "fp16"):
+def _progress_printer(enabled: bool, stage: str):
     import sys
 
     if not enabled:

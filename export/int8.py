@@ -39,6 +39,7 @@ from specdet.errors import SpecdetError
 from specdet.export.fp16.graph import name_nodes
 from specdet.export.fp16.islands import Group, find_groups
 from specdet.export.fp16.measure import agreement, run_model
+from specdet.export.island_search import Trial, search_islands
 
 # Largest probability difference (INT8 file vs FP32 file) the file may leave on the calibration images: the
 # issue's fidelity goal. INT8 moves the tiny detectors' probabilities by 1e-3 to 1e-2, FP16 by 1e-5.
@@ -53,13 +54,6 @@ _REASONS = {
     "LayerNormalization": "mean and variance over the hidden size",
     "Softmax": "exponentials and their sums",
 }
-
-
-@dataclasses.dataclass
-class Trial:
-    released: str  # the group released to INT8 in this trial ("" for the baseline)
-    agreement: Agreement
-    kept_int8: bool
 
 
 @dataclasses.dataclass
@@ -143,39 +137,22 @@ def to_int8(
             return quantized, agreement(reference, outputs, threshold)
 
         say("calibrating, baseline: every candidate in FP32")
-        fp32 = list(groups)
-        best, measured = attempt(fp32)
-        trials = [Trial("", measured, kept_int8=False)]
-        if not measured.within(tolerance):
-            raise SpecdetError(
-                f"INT8 misses the tolerance even with every sensitive op in FP32: largest probability difference "
-                f"{measured.max_prob_diff:.3g} > {tolerance:g} on the calibration images; export in FP32 or FP16, "
-                "or raise --int8-tolerance"
-            )
-        released = []
-        for group in [g for g in groups if not g.forced]:
-            say(f"trying {group.name} in INT8")
-            trial_groups = [g for g in fp32 if g is not group]
-            candidate, result = attempt(trial_groups)
-            ok = result.within(tolerance)
-            trials.append(Trial(group.name, result, kept_int8=ok))
-            if ok:
-                fp32, best, measured = trial_groups, candidate, result
-                released.append(group.name)
+        found = search_islands(groups, attempt, tolerance, precision="INT8", fallback="FP32 or FP16",
+                               flag="--int8-tolerance", say=say)
     report = Int8Report(
         quantizer=f"onnxruntime.quantization {ort.__version__}",
         scheme="QDQ; weights int8 per-channel symmetric, biases fp32; activations int8 symmetric, MinMax calibration",
         tolerance=tolerance,
         calibration=calibration,
-        islands=fp32,
-        released=released,
-        trials=trials,
-        agreement=measured,
-        quantized_nodes=quantized_nodes(best),
+        islands=found.islands,
+        released=found.released,
+        trials=found.trials,
+        agreement=found.agreement,
+        quantized_nodes=quantized_nodes(found.model),
         nodes=len(model.graph.node),
         seconds=time.perf_counter() - start,
     )
-    return best, report
+    return found.model, report
 
 
 def quantized_nodes(model: onnx.ModelProto) -> int:

@@ -86,7 +86,7 @@ def test_manifest_records_islands_trials_and_agreement(arch, fft):
                                                    if c in candidates]
     for trial in trials[1:]:  # kept exactly when within the tolerance, and then not an island
         within = trial["agreement"]["max_prob_diff"] <= report["tolerance"]
-        assert trial["kept_int8"] == within == (trial["released"] in report["released"])
+        assert trial["kept"] == within == (trial["released"] in report["released"])
         assert (trial["released"] in islands) == (not within)
 
 

@@ -224,7 +224,7 @@ def test_matmul_spectrum_is_a_measured_candidate(tmp_path):
     _, report = to_fp16(model, _batches(), input_name="image", threshold=0.5, calibration="noise")
     trial = next(t for t in report.trials if t.released == "spectral")
     assert trial.agreement.images == 8
-    assert ("spectral" in report.released) == trial.kept_fp16
+    assert ("spectral" in report.released) == trial.kept
 
 
 def test_fp32_islands_keep_fp32_weights(tmp_path):

@@ -21,17 +21,11 @@ from specdet.export.fp16.convert import convert_to_fp16
 from specdet.export.fp16.graph import FLOAT16, name_nodes
 from specdet.export.fp16.islands import RANGE_LIMIT, Group, find_groups, range_islands
 from specdet.export.fp16.measure import agreement, run_model, storage_twin
+from specdet.export.island_search import Trial, search_islands
 
 CONVERTER = "onnxconverter-common"
 # Largest probability difference (FP16 file vs FP32 file) a released group may leave.
 DEFAULT_TOLERANCE = 0.005
-
-
-@dataclasses.dataclass
-class Trial:
-    released: str  # the group released to FP16 in this trial ("" for the baseline)
-    agreement: Agreement
-    kept_fp16: bool
 
 
 @dataclasses.dataclass
@@ -109,7 +103,6 @@ def to_fp16(
     if ranged is not None:
         groups.insert(0, ranged)
     reference = run_model(model.SerializeToString(), batches, input_name, fp16=False)
-    fp32 = list(groups)
 
     def attempt(fp32_groups: list[Group]) -> tuple[onnx.ModelProto, Agreement]:
         converted = convert_to_fp16(model, [n for g in fp32_groups for n in g.nodes])
@@ -117,42 +110,25 @@ def to_fp16(
         return converted, agreement(reference, outputs, threshold)
 
     say("baseline: every candidate in FP32")
-    best, measured = attempt(fp32)
-    trials = [Trial("", measured, kept_fp16=False)]
-    if not measured.within(tolerance):
-        miss = (f"largest probability difference {measured.max_prob_diff:.3g} > {tolerance:g}" if measured.finite
-                else f"outputs that are not finite on {len(measured.nonfinite)} of {measured.images} images")
-        raise SpecdetError(
-            f"FP16 misses the tolerance even with every sensitive op in FP32: {miss} on the calibration images; "
-            "export in FP32, or raise --fp16-tolerance"
-        )
-    released = []
-    for group in [g for g in groups if not g.forced]:
-        say(f"trying {group.name} in FP16")
-        trial_groups = [g for g in fp32 if g is not group]
-        candidate, result = attempt(trial_groups)
-        ok = result.within(tolerance)
-        trials.append(Trial(group.name, result, kept_fp16=ok))
-        if ok:
-            fp32, best, measured = trial_groups, candidate, result
-            released.append(group.name)
+    found = search_islands(groups, attempt, tolerance, precision="FP16", fallback="FP32", flag="--fp16-tolerance",
+                           say=say)
     say("running the chosen file as ONNX Runtime does")
-    as_is = agreement(reference, run_model(best.SerializeToString(), batches, input_name, fp16=True), threshold)
+    as_is = agreement(reference, run_model(found.model.SerializeToString(), batches, input_name, fp16=True), threshold)
     report = PrecisionReport(
         converter=f"{CONVERTER} {_version('onnxconverter-common')}",
         tolerance=tolerance,
         range_limit=range_limit,
         calibration=calibration,
-        islands=fp32,
-        released=released,
-        trials=trials,
-        agreement=measured,
+        islands=found.islands,
+        released=found.released,
+        trials=found.trials,
+        agreement=found.agreement,
         agreement_onnxruntime=as_is,
-        fp32_nodes=sum(len(g.nodes) for g in fp32),
+        fp32_nodes=sum(len(g.nodes) for g in found.islands),
         nodes=len(model.graph.node),
         seconds=time.perf_counter() - start,
     )
-    return best, report
+    return found.model, report
 
 
 def _version(package: str) -> str:
