@@ -7,7 +7,9 @@ siblings of them. Scoring runs on the stand-in tiny checkpoint (conftest).
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -607,3 +609,60 @@ def test_a_pickled_resume_state_is_refused_without_torch_s_warning(tmp_path):
         with pytest.raises(checkpoint.SpecdetError, match="is not a readable training state"):
             load_state(path)
     assert caught == []
+
+
+# ---- the fuzz test's finds, each as a case of its own ---------------------------------------------------
+
+
+def _reembedded(tiny_onnx: Path, folder: Path, **changes) -> Path:
+    """A copy of the tiny ONNX file whose embedded manifest has ``changes`` (validated on write)."""
+    from conftest import tiny_manifest
+    from specdet.manifest import Manifest
+
+    target = folder / "changed.onnx"
+    shutil.copy(tiny_onnx, target)
+    Manifest.from_dict({**tiny_manifest(), "artifact": target.name, **changes}).write(target)
+    return target
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ([{"name": "image", "shape": ["batch", 3, 32, 32], "dtype": "float16"}], "takes float32"),
+])
+def test_a_manifest_input_that_is_not_the_graphs_is_refused(tiny_onnx, tmp_path, capsys, good_dir, inputs, message):
+    artifact = _reembedded(tiny_onnx, tmp_path, inputs=inputs)
+    code, out, err = _predict([artifact, good_dir], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and message in err
+
+
+def test_a_preprocessing_without_resize_scores_as_no_resize(tiny_onnx, tmp_path, capsys, good_dir):
+    """It crashed with exit 3 (KeyError); a missing ``resize`` means none, as ``null`` does."""
+    from conftest import TINY_PREPROCESSING
+
+    spec = {k: v for k, v in TINY_PREPROCESSING.items() if k != "resize"}
+    from conftest import tiny_manifest
+    from specdet import onnx_metadata
+
+    text = json.dumps({**tiny_manifest(), "artifact": "rewritten.onnx", "preprocessing": spec})
+    with open(tmp_path / "rewritten.onnx", "wb") as target:  # written as is: Manifest.write would refuse it
+        onnx_metadata.write_metadata(tiny_onnx, target, {"specdet.manifest": text})
+    code, out, err = _predict([tmp_path / "rewritten.onnx", good_dir], capsys)
+    assert code == 0 and err == "" and len(out.splitlines()) == 1 + 4
+
+
+def test_a_corrupt_tiff_is_reported_once_without_pillow_log_lines(real_checkpoint, good_dir):
+    """Pillow logs some decoder errors before raising them; unconfigured logging printed that on stderr.
+
+    In a subprocess: pytest's own log capture would hide the stray line.
+    """
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good_dir / "bad.tif")
+    data = bytearray((good_dir / "bad.tif").read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]  # Pillow writes little-endian TIFF
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, entry)[0] == 277:  # SamplesPerPixel
+            struct.pack_into("<H", data, entry + 8, 59139)
+    (good_dir / "bad.tif").write_bytes(bytes(data))
+    done = _run_predict(real_checkpoint, good_dir, text=True)
+    assert done.returncode == 1 and len(done.stdout.splitlines()) == 1 + 4
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("skipped ") and "bad.tif" in line
