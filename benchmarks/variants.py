@@ -109,6 +109,12 @@ class TorchVariantRunner(Runner):
         self._call = torch.compile(module, dynamic=False) if compile else module
         self._autocast = autocast
         self._kernels = kernels
+        if kernels:
+            from specdet.kernels.torch_ops import use_kernels
+
+            self._spectral_ops = use_kernels
+        else:
+            self._spectral_ops = contextlib.nullcontext
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # shape -> (graph, input, outputs)
         self._cuda_graphs = cuda_graphs
 
@@ -117,13 +123,7 @@ class TorchVariantRunner(Runner):
         # A graph replays the casts it captured; autocast's weight cache would hand it tensors freed after capture.
         cast = (torch.autocast(self._device.type, dtype=self._autocast, cache_enabled=not self._cuda_graphs)
                 if self._autocast else contextlib.nullcontext())
-        if self._kernels:
-            from specdet.kernels.torch_ops import use_kernels
-
-            kernels = use_kernels()
-        else:
-            kernels = contextlib.nullcontext()
-        with torch.inference_mode(), cast, kernels:
+        with torch.inference_mode(), cast, self._spectral_ops():
             return self._call(x)
 
     def _graph(self, shape: tuple[int, ...]):

@@ -27,6 +27,7 @@ import torch
 from specdet import models
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, file_sha256
+from specdet.limits import is_probability
 
 FORMAT = "specdet-checkpoint"
 VERSION = 1
@@ -86,7 +87,7 @@ def check_threshold(value: Any, where: str) -> float:
 
     A threshold of 5 or NaN would call every image "real" without a word.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    if not is_probability(value):
         raise SpecdetError(f"{where} is {value!r}: a threshold is a probability from 0 to 1; fix or re-save the model")
     return float(value)
 

@@ -7,6 +7,7 @@ a backend.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from specdet.errors import SpecdetError
@@ -22,6 +23,11 @@ MAX_PIXELS = 64_000_000
 # The most max_pixels may be raised to: Pillow refuses larger images as
 # decompression bombs whatever specdet allows (twice its MAX_IMAGE_PIXELS).
 MAX_PIXELS_CEILING = 2 * 89_478_485
+
+
+def is_probability(value: Any) -> bool:
+    """Whether ``value`` is a finite number from 0 to 1: the rule for every decision threshold."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
 
 
 def check_count(value: Any, name: str, high: int) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 from specdet import onnx_metadata
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, file_sha256
+from specdet.limits import is_probability
 
 FORMAT = "specdet-manifest"
 VERSION = 1
@@ -417,7 +418,7 @@ class _Parser:
         return value
 
     def threshold(self, value: Any) -> float:
-        if not (_finite(value) and 0 <= value <= 1):
+        if not is_probability(value):
             raise self.error(f"threshold must be a number from 0 to 1, not {value!r}")
         return float(value)
 
