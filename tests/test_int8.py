@@ -101,13 +101,37 @@ def test_onnxruntime_scores_photos_within_the_recorded_agreement(arch, fft, phot
     assert np.abs(scores - reference).max() > 0  # it does run quantised
 
 
-def test_openvino_runs_the_int8_file(photos):
+@pytest.mark.parametrize("arch", ["dual_branch_tiny", "rine_ssca_tiny"])
+def test_the_manifest_records_how_openvino_runs_the_int8_file(arch, photos):
+    # OpenVINO runs QDQ with integer kernels of its own: the export measures it on the calibration photos and
+    # records the figure; here OpenVINO scores the same photos through the openvino backend.
     pytest.importorskip("openvino")
-    fp32, path = tiny_exports.exported("rine_ssca_tiny", "matmul"), tiny_exports.exported("rine_ssca_tiny", "matmul", "int8")
+    fp32, path = tiny_exports.exported(arch, "matmul"), tiny_exports.exported(arch, "matmul", "int8")
+    report = Manifest.read(path).provenance["int8"]
+    [(runtime, recorded)] = report["other_runtimes"].items()
+    assert runtime.startswith("openvino ")
     reference = Detector(fp32).predict(photos)
     with Detector(path, backend="openvino") as detector:
         scores = detector.predict(photos)
-    assert np.abs(scores - reference).max() <= int8.DEFAULT_TOLERANCE
+    assert np.abs(scores - reference).max() == pytest.approx(recorded["max_prob_diff"], abs=1e-4)
+    if arch == "rine_ssca_tiny":
+        assert recorded["max_prob_diff"] <= int8.DEFAULT_TOLERANCE
+
+
+def test_a_plugin_file_records_that_openvino_cannot_load_it():
+    pytest.importorskip("openvino")
+    report = Manifest.read(tiny_exports.exported("rine_ssca_tiny", "plugin", "int8")).provenance["int8"]
+    [reason] = report["other_runtimes"].values()
+    assert reason.startswith("cannot load the file: ")
+
+
+def test_grouped_convolutions_are_a_forced_fp32_island():
+    path = tiny_exports.exported("dual_branch_tiny", "matmul", "int8")
+    islands = {island["name"]: island for island in Manifest.read(path).provenance["fp32_islands"]}
+    grouped = islands["grouped convolutions"]
+    assert grouped["forced"] and len(grouped["nodes"]) == 4
+    by_name = {n.name: n for n in onnx.load(str(path)).graph.node}
+    assert all(by_name[name].op_type == "Conv" for name in grouped["nodes"])
 
 
 def test_a_tight_tolerance_keeps_candidates_fp32_or_fails_cleanly(tmp_path):
