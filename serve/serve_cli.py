@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     if len(set(ports)) < 3:
         raise SpecdetError(f"the HTTP, gRPC and metrics ports must differ (got {', '.join(map(str, ports))})")
     stop = threading.Event()
-    # Installed before the server starts: a signal during start-up stops it too, without a traceback.
+    # Installed first: a signal at any point stops the server and removes the repository, without a traceback.
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
     work = Path(tempfile.mkdtemp(prefix="specdet-serve-"))
@@ -68,13 +68,18 @@ def _serve(args: argparse.Namespace) -> int:
                           max_batch=args.max_batch, queue_delay_us=args.queue_delay_us)
         repository = write_repository([args.artifact], work / "models", options)
         endpoints = Endpoints(args.host, args.http_port, args.grpc_port, args.metrics_port)
-        with TritonServer(repository, endpoints, ready_timeout=args.ready_timeout) as server:
-            print(f"serving {args.model_name} on http://{endpoints.http_url} (grpc {endpoints.grpc_url}, "
-                  f"metrics http://{endpoints.metrics_url}/metrics)", flush=True)
+        server = TritonServer(repository, endpoints, ready_timeout=args.ready_timeout)
+        try:
+            server.start(cancelled=stop.is_set)  # a signal while it starts ends the wait too
+            if not stop.is_set():
+                print(f"serving {args.model_name} on http://{endpoints.http_url} (grpc {endpoints.grpc_url}, "
+                      f"metrics http://{endpoints.metrics_url}/metrics)", flush=True)
             while not stop.wait(0.5):
                 code = server.poll()
                 if code is not None:
                     raise SpecdetError(f"tritonserver exited with status {code}: {server.last_error()}")
+        finally:
+            server.stop()
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

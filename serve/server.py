@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +104,8 @@ class TritonServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        """Launch the server and wait until ``/v2/health/ready`` says every model is loaded."""
+    def start(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Launch the server and wait until ``/v2/health/ready`` says every model is loaded, or ``cancelled()``."""
         distribution = triton_distribution()
         self._work = Path(tempfile.mkdtemp(prefix="specdet-triton-"))
         try:
@@ -116,7 +117,7 @@ class TritonServer:
                     self._command(distribution, backends), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, env=self._environment(distribution), start_new_session=True,
                 )
-            self._wait_ready()
+            self._wait_ready(cancelled)
         except BaseException:
             self.stop()
             raise
@@ -163,10 +164,10 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, cancelled: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.ready_timeout
         url = f"http://{self.endpoints.http_url}/v2/health/ready"
-        while True:
+        while not cancelled():
             code = self.process.poll()
             if code is not None:
                 raise SpecdetError(f"tritonserver exited with status {code} before it was ready: {self.last_error()}")

@@ -167,6 +167,34 @@ def test_sigterm_stops_everything(service):
     assert not Path(repository).exists()
 
 
+def test_sigterm_while_starting_stops_everything():
+    artifact = tiny_exports.exported("dual_branch_tiny", "matmul")
+    http, grpc, metrics = free_ports(3)
+    process = subprocess.Popen(_command(artifact, "--http-port", str(http), "--grpc-port", str(grpc),
+                                        "--metrics-port", str(metrics)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the repository written, tritonserver loading the models
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    left = [pid for pid in _pids() if f"--http-port={http}" in _cmdline(pid)]
+    assert not left
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
 def test_a_server_that_cannot_start_is_one_line_and_non_zero():
     artifact = tiny_exports.exported("dual_branch_tiny", "matmul")
     http, grpc, metrics = free_ports(3)
