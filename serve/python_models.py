@@ -32,7 +32,7 @@ from specdet.serve.contract import IMAGE, LABEL, LOGIT, PIXELS, PROBABILITY
 def create(args: dict[str, str], config: dict[str, Any]):
     """The model object for one instance: ``args`` and ``config`` as the stub passes them to ``initialize``."""
     parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-    roles = {"preprocess": Preprocess, "detector": Detector, "postprocess": Postprocess}
+    roles = {"preprocess": PreprocessModel, "detector": DetectorModel, "postprocess": PostprocessModel}
     return roles[parameters["specdet_role"]](args, parameters)
 
 
@@ -49,7 +49,7 @@ def _batch(request, name: str) -> np.ndarray:
     return array
 
 
-class Preprocess:
+class PreprocessModel:
     """``image`` (encoded file bytes, [N, 1]) -> ``pixels`` ([N, 3, crop, crop], the artifact's input dtype)."""
 
     def __init__(self, args: dict[str, str], parameters: dict[str, str]):
@@ -72,7 +72,7 @@ class Preprocess:
         pass
 
 
-class Detector:
+class DetectorModel:
     """The manifest's input -> ``logit``, ``probability`` ([N, 1] float32) with specdet's own runtime.
 
     The requests of one dynamic batch run as one batch (Triton keeps it
@@ -113,7 +113,7 @@ class Detector:
         self._runner.close()
 
 
-class Postprocess:
+class PostprocessModel:
     """``logit``, ``probability`` (the detector's dtype) -> the same as float32, and ``label`` ("fake"/"real")."""
 
     def __init__(self, args: dict[str, str], parameters: dict[str, str]):

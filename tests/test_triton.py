@@ -236,10 +236,20 @@ def test_a_bad_image_fails_only_its_own_request(served, tmp_path):
             return str(err)
 
     # Sent together, the four wait in one dynamic batch (queue delay 0.3 s): only the bad one fails.
+    executions = _executions(server, f"{model}_preprocess")
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(one, requests))
+    assert _executions(server, f"{model}_preprocess") - executions < len(requests)  # some shared an execution
     with Detector(artifact) as detector:
         expected = [r.probability for r in detector.predict_files(photos(3))]
     assert np.abs(np.array(answers[:3], dtype=np.float64) - expected).max() <= 1e-4
     assert "not an image" in answers[3]
 
+
+
+def _executions(server: TritonServer, model: str) -> int:
+    """How many times ``model`` has run (a dynamic batch of several requests is one run)."""
+    import tritonclient.http as client
+
+    with client.InferenceServerClient(server.endpoints.http_url) as http:
+        return http.get_inference_statistics(model)["model_stats"][0]["execution_count"]
