@@ -37,7 +37,7 @@ _INSTALL = "the Triton server comes with pytriton: pip install 'specdet[serve]'"
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where the server listens; port 0 is not allowed (the clients must know the port)."""
+    """Where the server listens: one address, three ports (given, not chosen by the system: clients must know them)."""
 
     host: str = "127.0.0.1"
     http_port: int = 8000
@@ -92,10 +92,6 @@ class TritonServer:
         self._log_path = Path(log_path) if log_path else None
         self._work: Path | None = None
         self.process: subprocess.Popen | None = None
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._log_path
 
     def __enter__(self) -> TritonServer:
         self.start()
