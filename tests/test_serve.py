@@ -60,11 +60,22 @@ class Service:
         return line
 
     def kill(self) -> None:
-        """Whatever is left of the service's process group: SIGKILL (a failed test must not leave servers)."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Stop whatever is left, SIGTERM first, then SIGKILL: a failed or deselected test must leave no server.
+
+        tritonserver runs in a process group of its own (with its backend stubs), so it is ended by its group too.
+        """
+        servers = children(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        for group in (self.process.pid, *servers):
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait(30)
 
 
