@@ -22,6 +22,7 @@ then differ by a few levels from the full resize that training used.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -36,7 +37,7 @@ from specdet.errors import SpecdetError
 from specdet.limits import MAX_PIXELS
 from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
-ImageSource = str | os.PathLike | Image.Image | np.ndarray
+ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes
 
 # Pillow logs some decoder errors (a TIFF claiming 59139 samples per pixel)
 # before raising them; with logging not configured Python prints those on
@@ -69,7 +70,7 @@ class ImageError(SpecdetError):
 
 
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Return ``source`` (a path, a PIL image or an HxW / HxWx3 / HxWx4 array) as an RGB PIL image.
+    """Return ``source`` (a path, an encoded file's bytes, a PIL image or an HxW / HxWx3 / HxWx4 array) as an RGB PIL image.
 
     EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images
     are converted to 8-bit RGB; transparency is composited over white.
@@ -89,28 +90,36 @@ def _load(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int]:
     if isinstance(source, Image.Image):
         _check_pixels(source, source.size, max_pixels)
         return _to_rgb(ImageOps.exif_transpose(source)), getattr(source, "n_frames", 1)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        # An encoded file received over a network (the Triton models): decoded as the file on disk would be.
+        return _decode(io.BytesIO(source), f"encoded image of {len(source)} bytes", max_pixels)
     path = Path(source)
     _check_regular_file(path)
+    return _decode(path, path, max_pixels)
+
+
+def _decode(file: Path | io.BytesIO, name: object, max_pixels: int) -> tuple[Image.Image, int]:
+    """Open, check and decode an encoded image; ``name`` names it in errors."""
     try:
-        with Image.open(path) as image:
-            _check_pixels(path, image.size, max_pixels)  # from the header, before decoding
+        with Image.open(file) as image:
+            _check_pixels(name, image.size, max_pixels)  # from the header, before decoding
             # Counted before decoding: counting seeks through the frames and back to the first.
             frames = getattr(image, "n_frames", 1)
             image.load()  # decode now, so a truncated file fails here and not later
             return _to_rgb(ImageOps.exif_transpose(image)), frames
     except FileNotFoundError as err:
-        raise ImageError(path, "no such file") from err
+        raise ImageError(name, "no such file") from err
     except IsADirectoryError as err:
-        raise ImageError(path, "a folder, not an image") from err
+        raise ImageError(name, "a folder, not an image") from err
     except UnidentifiedImageError as err:
-        raise ImageError(path, "not an image file PIL can read") from err
+        raise ImageError(name, "not an image file PIL can read") from err
     except Image.DecompressionBombError as err:
-        raise ImageError(path, f"refused by Pillow as a decompression bomb ({err})") from err
+        raise ImageError(name, f"refused by Pillow as a decompression bomb ({err})") from err
     except MemoryError as err:
-        raise ImageError(path, "not enough memory to decode it") from err
+        raise ImageError(name, "not enough memory to decode it") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         # PIL reports corrupt and truncated data with these types.
-        raise ImageError(path, f"unreadable image ({' '.join(str(err).split())})") from err
+        raise ImageError(name, f"unreadable image ({' '.join(str(err).split())})") from err
 
 
 def _check_regular_file(path: Path) -> None:
@@ -137,7 +146,7 @@ def _check_pixels(source: object, size: tuple[int, int], max_pixels: int, what: 
 def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Load, resize, centre-crop and normalise images into a float32 ``[N, 3, crop, crop]`` batch."""
     check_spec(spec)
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, bytes)):
         images = [images]
     batch = np.empty((len(images), 3, spec["crop"], spec["crop"]), dtype=np.float32)
     for i, source in enumerate(images):

@@ -2,7 +2,7 @@
 
 From the bottom: the core (``specdet/*.py``: errors, files, manifest,
 checkpoint, images, versions, tensorrt, cli helpers), ``models``, ``kernels``,
-``runtime``, ``export``, ``train``, ``benchmarks``, and ``specdet.demo`` on
+``runtime``, ``serve``, ``export``, ``train``, ``benchmarks``, and ``specdet.demo`` on
 top. Every import in every module is checked, those inside functions too (a
 lazy import still ties the layers together).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("specdet", "specdet.models", "specdet.kernels", "specdet.runtime", "specdet.export", "specdet.train",
+LAYERS = ("specdet", "specdet.models", "specdet.kernels", "specdet.runtime", "specdet.serve", "specdet.export", "specdet.train",
           "specdet.benchmarks", "specdet.demo")
 
 
