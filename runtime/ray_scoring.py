@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -254,12 +255,17 @@ def _run(artifact, backend, options, todo, out, batch, actors, threads, address,
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         if actors is None:
             actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
-        scored = ray.data.from_items([{"path": p} for p in todo]).map_batches(
-            _Scorer, fn_constructor_kwargs={"artifact": str(artifact), "backend": backend, "options": options,
-                                            "batch_size": batch},
-            batch_size=batch * max(1, math.ceil(MIN_RAY_BATCH / batch)), batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
-        )
+        # max_restarts=0: Ray restarts a dead actor by default, and warns (an "E" line on stderr)
+        # that it may fail to; a dead actor here ends the run instead, and the rerun resumes it.
+        # Ray 2.60 deprecates passing it this way (a warning, silenced) without another way yet.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            scored = ray.data.from_items([{"path": p} for p in todo]).map_batches(
+                _Scorer, fn_constructor_kwargs={"artifact": str(artifact), "backend": backend, "options": options,
+                                                "batch_size": batch},
+                batch_size=batch * max(1, math.ceil(MIN_RAY_BATCH / batch)), batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, max_restarts=0,
+            )
         last = time.monotonic()
         for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             add(table.select(list(COLUMNS)).cast(_schema()))
