@@ -120,7 +120,11 @@ def score_to_parquet(
         # starts, and its batch range sets the batch size.
         with Detector(artifact, backend, **options) as detector:
             limit = detector.runner.info.max_batch
-        batch = min(batch_size or DEFAULT_BATCH_CAP, limit or DEFAULT_BATCH_CAP)
+        batch = min(batch_size or DEFAULT_BATCH_CAP, limit or batch_size or DEFAULT_BATCH_CAP)
+        # The actors run elsewhere (another working folder, maybe another node): absolute paths only.
+        artifact = Path(os.path.abspath(artifact))
+        if options.get("plugins"):
+            options["plugins"] = [os.path.abspath(p) for p in options["plugins"]]
         _run(artifact, backend, options, todo, out, batch, actors, threads, address, rows_per_part, summary, report)
         return summary
     finally:
