@@ -19,12 +19,11 @@ from specdet.progress import bar as progress_bar
 from specdet.runtime.base import BACKENDS
 from specdet.runtime.detector import Detector, Result
 
-# Exit status when some files were skipped (unreadable or missing) and the rest scored.
-
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_flags(parser, args)
     try:
         return run(_predict, args)
     except BrokenPipeError:
@@ -41,11 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("artifact", type=Path, help="model.pth checkpoint, exported model.onnx or built model.engine")
     parser.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
+        "paths", nargs="*", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
     )
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: chosen by the artifact's suffix")
     parser.add_argument("--arch", help="architecture of a bare state dict (a checkpoint names its own)")
-    parser.add_argument("--batch-size", type=cli.BATCH, default=8, help="images per inference call (default: 8)")
+    parser.add_argument("--batch-size", type=cli.BATCH,
+                        help="images per inference call (default: 8; with --ray, the artifact's largest batch, at most 64)")
     parser.add_argument("--threads", type=cli.THREADS, help="CPU threads for inference (default: the backend's)")
     parser.add_argument("--max-pixels", type=cli.PIXELS, default=MAX_PIXELS, metavar="N",
                         help=f"skip images of more than N pixels, as stored or once resized (default {MAX_PIXELS}, "
@@ -65,21 +65,69 @@ def _parser() -> argparse.ArgumentParser:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of {path, probability, label}")
     output.add_argument("--csv", action="store_true", help="print CSV with a path,probability,label header")
+    bulk = parser.add_argument_group("bulk scoring with Ray (pip install -e \".[ray]\")")
+    bulk.add_argument("--ray", action="store_true",
+                      help="score with a pool of Ray actors into a Parquet folder (path, probability, logit, label, "
+                      "error); a rerun skips the paths already in it")
+    bulk.add_argument("--out", type=Path, help="with --ray: the Parquet folder to write or resume (default: scores.parquet)")
+    bulk.add_argument("--ray-address", metavar="ADDR",
+                      help="with --ray: join this running Ray cluster (default: start one on 127.0.0.1)")
+    bulk.add_argument("--actors", type=cli.POSITIVE, metavar="N",
+                      help="with --ray: detectors running at once, one per actor (default: CPUs / --threads)")
+    bulk.add_argument("--rows-per-part", type=cli.POSITIVE, metavar="N",
+                      help="with --ray: rows per Parquet part file (default: 4096; a part is also written each minute): "
+                      "a killed run loses at most the rows not yet in a part")
+    bulk.add_argument("--list", type=Path, action="append", default=[], metavar="FILE",
+                      help="read more paths from FILE, one per line (blank lines and lines starting with # skipped)")
     add_debug_flag(parser)
     return parser
 
 
+# Flags that mean something only with --ray: given without it, they are an error, not ignored.
+_RAY_ONLY = {"out": "--out", "ray_address": "--ray-address", "actors": "--actors", "rows_per_part": "--rows-per-part"}
+
+
+def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.paths and not args.list:
+        parser.error("give image files or folders to score (or --list FILE)")
+    if args.ray:
+        if args.json or args.csv:
+            parser.error("--ray writes Parquet (--out); --json and --csv print to the terminal: give one or the other")
+        return
+    for name, flag in _RAY_ONLY.items():
+        if getattr(args, name) is not None:
+            parser.error(f"{flag} needs --ray")
+
+
+def _list_paths(lists: Sequence[Path]) -> list[Path]:
+    """The paths named in ``--list`` files: one per line, blank lines and ``#`` comments skipped."""
+    paths = []
+    for listing in lists:
+        try:
+            lines = listing.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        except OSError as err:
+            raise SpecdetError(f"cannot read the path list {listing}: {err.strerror or err}") from None
+        paths.extend(Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return paths
+
+
 def _predict(args: argparse.Namespace) -> int:
-    files = collect_images(args.paths)
+    if args.ray:  # before any image is looked at: without ray, say how to install it
+        from specdet.runtime import ray_scoring
+
+        ray_scoring.require_ray()
+    files = collect_images([*args.paths, *_list_paths(args.list)])
     if not files:
-        shown = ", ".join(str(p) for p in args.paths)
+        shown = ", ".join(str(p) for p in [*args.paths, *args.list])
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise SpecdetError(f"no images found in {shown}: give image files or folders holding {suffixes}")
-    with Detector(args.artifact, args.backend, arch=args.arch, threads=args.threads, providers=args.providers,
-                  plugins=args.plugins, cuda_graphs=args.cuda_graphs, precision=args.precision,
-                  max_pixels=args.max_pixels) as detector, \
+    options = {"arch": args.arch, "providers": args.providers, "plugins": args.plugins, "cuda_graphs": args.cuda_graphs,
+               "precision": args.precision, "max_pixels": args.max_pixels}
+    if args.ray:
+        return _predict_ray(args, files, options)
+    with Detector(args.artifact, args.backend, threads=args.threads, **options) as detector, \
             progress_bar(total=len(files), unit="image") as bar:
-        results = detector.predict_files(files, args.batch_size, progress=bar.update)
+        results = detector.predict_files(files, args.batch_size or 8, progress=bar.update)
     scored = [r for r in results if r.ok]
     for result in results:
         if not result.ok:
@@ -88,6 +136,18 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"note: {printable(result.path)} has {result.frames} frames; scored the first", file=sys.stderr)
     _write(scored, "json" if args.json else "csv" if args.csv else "table")
     return cli.EXIT_SKIPPED if len(scored) < len(results) else 0
+
+
+def _predict_ray(args: argparse.Namespace, files: list[Path], options: dict) -> int:
+    from specdet.runtime import ray_scoring
+
+    summary = ray_scoring.score_to_parquet(
+        args.artifact, files, args.out or Path("scores.parquet"), backend=args.backend, options=options,
+        batch_size=args.batch_size, actors=args.actors, threads=args.threads or 1, address=args.ray_address,
+        rows_per_part=args.rows_per_part or ray_scoring.ROWS_PER_PART,
+    )
+    print(summary.line(), file=sys.stderr)
+    return cli.EXIT_SKIPPED if summary.errors or summary.already_errors else 0
 
 
 def printable(path: str) -> str:

@@ -24,6 +24,7 @@ class Result:
     path: str
     probability: float | None = None
     label: str | None = None
+    logit: float | None = None  # the model's output before the sigmoid (exact where the probability saturates)
     error: str | None = None
     frames: int = 1  # frames in the file (animated GIF/WebP/PNG, multi-page TIFF): the first was scored
 
@@ -142,8 +143,9 @@ class Detector:
                 pixels.append(one)
                 frames.append(count)
             if pixels:
-                for i, p, count in zip(readable, self._infer(np.stack(pixels)).tolist(), frames):
-                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p), frames=count)
+                scores = self._runner.infer(np.stack(pixels).astype(self._dtype, copy=False))
+                for i, p, logit, count in zip(readable, scores["probability"].tolist(), scores["logit"].tolist(), frames):
+                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p), logit=logit, frames=count)
             results.extend(outcome)
             if progress is not None:
                 progress(len(chunk))
