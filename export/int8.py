@@ -54,8 +54,8 @@ _REASONS = {
     "LayerNormalization": "mean and variance over the hidden size",
     "Softmax": "exponentials and their sums",
 }
-_GROUPED_CONV_REASON = ("Conv with group > 1: forced FP32, OpenVINO's CPU plugin computes them wrongly on signed INT8 "
-                        "activations")
+_AFTER_RELU_REASON = ("ops whose input is a ReLU's output: forced FP32, OpenVINO's CPU plugin computes them wrongly "
+                      "on signed INT8 activations")
 
 
 @dataclasses.dataclass
@@ -104,7 +104,7 @@ class Int8Report:
 
 def candidate_groups(model: onnx.ModelProto) -> list[Group]:
     """FP16's forced and candidate groups that hold a quantised op (the others change nothing in INT8), and the
-    grouped convolutions, forced FP32."""
+    ops reading a ReLU's output, forced FP32."""
     by_name = {n.name: n for n in model.graph.node}
     groups = [
         dataclasses.replace(g, reason=_REASONS.get(g.name, g.reason))
@@ -112,18 +112,33 @@ def candidate_groups(model: onnx.ModelProto) -> list[Group]:
         if any(by_name[n].op_type in QUANTIZED_OPS for n in g.nodes)
     ]
     taken = {n for g in groups for n in g.nodes}
-    grouped = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in taken and _conv_groups(n) > 1]
-    if grouped:
-        # ONNX Runtime runs them right in INT8, but OpenVINO 2026.4's CPU plugin computes grouped convolutions
-        # on signed INT8 activations wrongly (dual_branch_tiny's four: probability off by 0.095 against 8e-4 in
-        # ONNX Runtime; ungrouped ones agree). Signed, zero-point-0 activations are what TensorRT needs, so the
-        # one file keeps them and leaves these small convolutions in FP32 instead.
-        groups.append(Group("grouped convolutions", _GROUPED_CONV_REASON, grouped, forced=True))
+    after_relu = [n.name for n in model.graph.node
+                  if n.op_type in QUANTIZED_OPS and n.name not in taken and _from_relu(model, n.input[0])]
+    if after_relu:
+        # ONNX Runtime runs them right in INT8, but OpenVINO 2026.4's CPU plugin computes an op wrongly when
+        # its signed INT8 input is a ReLU's output (directly or through pooling and reshapes): one such Gemm
+        # of dual_branch_tiny alone moved OpenVINO's probabilities by 0.097 against 4e-4 in ONNX Runtime, and
+        # the five together were all of the gap. Signed, zero-point-0 activations are what TensorRT needs, so
+        # the one file keeps them and leaves these ops in FP32 instead.
+        groups.append(Group("after ReLU", _AFTER_RELU_REASON, after_relu, forced=True))
     return groups
 
 
-def _conv_groups(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
+# Ops a ReLU's output passes through unchanged in sign: an INT8 op behind them still reads a ReLU's output.
+_SIGN_KEEPING = {"AveragePool", "MaxPool", "GlobalAveragePool", "Reshape", "Transpose", "Flatten", "Squeeze",
+                 "Unsqueeze", "ReduceMean", "Gather", "Slice", "Identity"}
+
+
+def _from_relu(model: onnx.ModelProto, tensor: str) -> bool:
+    made_by = {out: n for n in model.graph.node for out in n.output}
+    while tensor in made_by:
+        node = made_by[tensor]
+        if node.op_type == "Relu":
+            return True
+        if node.op_type not in _SIGN_KEEPING:
+            return False
+        tensor = node.input[0]
+    return False
 
 
 def to_int8(

@@ -104,7 +104,9 @@ def test_onnxruntime_scores_photos_within_the_recorded_agreement(arch, fft, phot
 @pytest.mark.parametrize("arch", ["dual_branch_tiny", "rine_ssca_tiny"])
 def test_the_manifest_records_how_openvino_runs_the_int8_file(arch, photos):
     # OpenVINO runs QDQ with integer kernels of its own: the export measures it on the calibration photos and
-    # records the figure; here OpenVINO scores the same photos through the openvino backend.
+    # records the figure; here OpenVINO scores the same photos through the openvino backend. With the ops after
+    # ReLUs in FP32, it computes what ONNX Runtime computes from the file, within 7e-3 (those ops left it 0.097
+    # apart on dual_branch_tiny).
     pytest.importorskip("openvino")
     fp32, path = tiny_exports.exported(arch, "matmul"), tiny_exports.exported(arch, "matmul", "int8")
     report = Manifest.read(path).provenance["int8"]
@@ -114,8 +116,8 @@ def test_the_manifest_records_how_openvino_runs_the_int8_file(arch, photos):
     with Detector(path, backend="openvino") as detector:
         scores = detector.predict(photos)
     assert np.abs(scores - reference).max() == pytest.approx(recorded["max_prob_diff"], abs=1e-4)
-    if arch == "rine_ssca_tiny":
-        assert recorded["max_prob_diff"] <= int8.DEFAULT_TOLERANCE
+    with Detector(path, backend="onnxruntime") as detector:
+        assert np.abs(scores - detector.predict(photos)).max() <= int8.DEFAULT_TOLERANCE
 
 
 def test_a_plugin_file_records_that_openvino_cannot_load_it():
@@ -125,13 +127,19 @@ def test_a_plugin_file_records_that_openvino_cannot_load_it():
     assert reason.startswith("cannot load the file: ")
 
 
-def test_grouped_convolutions_are_a_forced_fp32_island():
+def test_ops_reading_a_relu_are_a_forced_fp32_island():
+    # dual_branch_tiny's frequency branch: three convolutions after ReLUs, and two linear layers reading its
+    # pooled ReLU output.
     path = tiny_exports.exported("dual_branch_tiny", "matmul", "int8")
     islands = {island["name"]: island for island in Manifest.read(path).provenance["fp32_islands"]}
-    grouped = islands["grouped convolutions"]
-    assert grouped["forced"] and len(grouped["nodes"]) == 4
-    by_name = {n.name: n for n in onnx.load(str(path)).graph.node}
-    assert all(by_name[name].op_type == "Conv" for name in grouped["nodes"])
+    island = islands["after ReLU"]
+    assert island["forced"] and len(island["nodes"]) == 5
+    model = onnx.load(str(path))
+    by_name = {n.name: n for n in model.graph.node}
+    assert sorted(by_name[name].op_type for name in island["nodes"]) == ["Conv", "Conv", "Conv", "Gemm", "MatMul"]
+    made_by = {out: n for n in model.graph.node for out in n.output}
+    for name in island["nodes"]:  # FP32 in, not through a DequantizeLinear
+        assert made_by[by_name[name].input[0]].op_type != "DequantizeLinear"
 
 
 def test_a_tight_tolerance_keeps_candidates_fp32_or_fails_cleanly(tmp_path):
