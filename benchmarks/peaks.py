@@ -38,7 +38,7 @@ _ZEN4_FAMILY = "25"
 
 # A row's precision (variant facts) -> the peak it is measured against. FP16 on these CPUs (no avx512_fp16
 # in the list above) runs as FP32 after casts (ONNX Runtime's CPU provider inserts them): the FP32 peak.
-_ROW_PEAK = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "autocast-bf16": "bf16", "int8": "int8"}
+_ROW_PEAK = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "autocast-bf16": "bf16", "int8": "int8", "int8+bf16": "int8"}
 
 
 def isa(cpu: dict) -> list[str]:

@@ -242,11 +242,16 @@ def _describe_openvino(variant: Variant, runner: Runner) -> dict[str, Any]:
 
     compiled = runner.compiled_model
     manifest = runner.info.manifest
+    # What the compiled model computes in (f32 -> fp32, bf16), read back, not what was asked for. An INT8 file
+    # runs its quantised ops in INT8 and only the rest in that precision: "int8" or "int8+bf16", against the
+    # INT8 peak.
+    computes = {"f32": "fp32"}.get(runner.inference_precision, runner.inference_precision)
+    if manifest.precision == "int8":
+        computes = "int8" if computes == "fp32" else f"int8+{computes}"
     return {
         "library": {"openvino": openvino.__version__},
         "provider": "OpenVINO CPU plugin",
-        # What the compiled model computes in (f32 -> fp32, bf16), read back, not what was asked for.
-        "precision": {"f32": "fp32"}.get(runner.inference_precision, runner.inference_precision),
+        "precision": computes,
         "artifact_precision": manifest.precision,
         "fft_mode": manifest.fft_mode,
         "threads": runner.threads,
