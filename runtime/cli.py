@@ -22,7 +22,7 @@ from specdet.runtime.detector import Detector, Result
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     _check_flags(parser, args)
     try:
         return run(_predict, args)
@@ -31,6 +31,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at devnull so the interpreter's final flush does not fail too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parse_args``, with the paths after ``--`` taken by us: argparse (3.11) rejects them as unrecognised
+    once an option comes before ``--``, because PATH may be empty (``--list``) and it has matched it already."""
+    if "--" not in argv:
+        return parser.parse_args(argv)
+    cut = argv.index("--")
+    args = parser.parse_args(argv[:cut])
+    args.paths += [Path(p) for p in argv[cut + 1:]]
+    return args
 
 
 def _parser() -> argparse.ArgumentParser:

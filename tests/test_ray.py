@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 import tiny_exports
+from photo_files import photo_files
 from specdet.runtime.cli import main
 from specdet.runtime.detector import Detector
 
 pq = pytest.importorskip("pyarrow.parquet", reason="needs the ray extra (pyarrow)")
 pytest.importorskip("ray.data", reason="needs the ray extra (ray[data])")
 
-THUMBS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cnndetection-thumbs"
 COUNT = 1000
 CORRUPT = 2
 
@@ -37,9 +37,7 @@ def artifact():
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """1,000 links to the thumbnails (distinct paths, each thumbnail several times) and two corrupt files."""
-    if not THUMBS.is_dir():
-        pytest.skip(f"the thumbnails are not at {THUMBS}")
-    thumbs = sorted(p for p in THUMBS.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    thumbs = photo_files()
     folder = tmp_path_factory.mktemp("ray-images")
     for i in range(COUNT):
         source = thumbs[i % len(thumbs)]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-THUMBS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cnndetection-thumbs"
+from photo_files import photo_files
 
 
 def photos(count: int) -> list[Path]:
-    """Real and generated photos of several sources and formats (JPEG and PNG)."""
-    files = sorted(p for p in THUMBS.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    """Real and generated photos of several sources and formats (JPEG and PNG), spread over what there is."""
+    files = photo_files()
     return files[:: max(1, len(files) // count)][:count]
 
 
