@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from specdet import cli
 from specdet.benchmarks import machine
 from specdet.benchmarks.stats import percentile
 from specdet.serve.repository import Options, write_repository
-from specdet.serve.server import Endpoints, TritonServer
+from specdet.serve.server import Endpoints, TritonServer, free_ports
 from specdet.versions import library_versions
 
 MODEL = "specdet"
@@ -140,17 +139,6 @@ def closed_loop(concurrency: int, connect: Callable[[], Callable[[bytes], object
     return row
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _client(protocol: str, endpoints: Endpoints) -> Callable[[], Callable[[bytes], object]]:
     import numpy as np
 
@@ -200,7 +188,7 @@ def run_triton(args: argparse.Namespace, levels: list[int], images: list[bytes])
     try:
         repository = write_repository([args.artifact], work / "models", Options(
             detector="python", name=MODEL, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us))
-        endpoints = Endpoints("127.0.0.1", *_free_ports(3))
+        endpoints = Endpoints("127.0.0.1", *free_ports(3))
         server = TritonServer(repository, endpoints)
         server.start()
         rows = []

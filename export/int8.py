@@ -114,8 +114,9 @@ def candidate_groups(model: onnx.ModelProto) -> list[Group]:
         if any(by_name[n].op_type in QUANTIZED_OPS for n in g.nodes)
     ]
     taken = {n for g in groups for n in g.nodes}
+    made_by = {out: n for n in model.graph.node for out in n.output}
     after_relu = [n.name for n in model.graph.node
-                  if n.op_type in QUANTIZED_OPS and n.name not in taken and _from_relu(model, n.input[0])]
+                  if n.op_type in QUANTIZED_OPS and n.name not in taken and _from_relu(made_by, n.input[0])]
     if after_relu:
         # ONNX Runtime runs them right in INT8, but OpenVINO 2026.4's CPU plugin computes an op wrongly when
         # its signed INT8 input is a ReLU's output (directly or through pooling and reshapes): one such Gemm
@@ -139,8 +140,7 @@ _SIGN_KEEPING = {"AveragePool", "MaxPool", "GlobalAveragePool", "Reshape", "Tran
                  "Unsqueeze", "ReduceMean", "Gather", "Slice", "Identity"}
 
 
-def _from_relu(model: onnx.ModelProto, tensor: str) -> bool:
-    made_by = {out: n for n in model.graph.node for out in n.output}
+def _from_relu(made_by: dict[str, onnx.NodeProto], tensor: str) -> bool:
     while tensor in made_by:
         node = made_by[tensor]
         if node.op_type == "Relu":
@@ -179,10 +179,11 @@ def to_int8(
         # external data in a folder it deletes afterwards.
         source, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json"
         onnx.save(model, str(source))
+        axes = _left_weight_axes(model)
 
         def attempt(fp32_groups: list[Group]) -> tuple[onnx.ModelProto, Agreement]:
             quantized = _quantize(source, batches, input_name, [n for g in fp32_groups for n in g.nodes], cache,
-                                  Path(tmp) / "int8.onnx")
+                                  axes, Path(tmp) / "int8.onnx")
             outputs = run_model(quantized.SerializeToString(), batches, input_name, fp16=False)
             return quantized, agreement(reference, outputs, threshold)
 
@@ -249,7 +250,9 @@ def _left_weight_axes(model: onnx.ModelProto) -> dict[str, list[dict]]:
 
 
 def _quantize(model: Path, batches: Sequence[np.ndarray], input_name: str, exclude: list[str],
-              cache: Path, path: Path) -> onnx.ModelProto:
+              cache: Path, axes: dict[str, list[dict]], path: Path) -> onnx.ModelProto:
+    """``model`` quantised to QDQ at ``path``, the ``exclude`` nodes left FP32, ``axes`` the per-tensor
+    quantisation axes (:func:`_left_weight_axes`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Images(CalibrationDataReader):
@@ -271,7 +274,7 @@ def _quantize(model: Path, batches: Sequence[np.ndarray], input_name: str, exclu
             nodes_to_exclude=exclude, calibration_cache_path=cache,
             # Biases stay FP32: TensorRT dequantises only 8-bit and smaller types, not ORT's INT32 biases.
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": True, "QuantizeBias": False,
-                           "TensorQuantOverrides": _left_weight_axes(onnx.load(str(model), load_external_data=False))},
+                           "TensorQuantOverrides": axes},
         )
     finally:
         logging.disable(previous)

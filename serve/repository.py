@@ -19,6 +19,7 @@ is the same for all of them. PREFIX is the ensemble's name: ``--name``
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from specdet import cli
 from specdet.errors import SpecdetError
 from specdet.files import check_output, temporary_folder
 from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, Manifest, engine_sidecar
@@ -58,6 +60,18 @@ class Options:
     max_batch: int | None = None  # max_batch_size; None: the manifest's batch max
     queue_delay_us: int = 100  # dynamic batching: how long a request waits for others to batch with
     tensorrt_fp16: bool = False  # onnxruntime detector: the TensorRT execution accelerator in FP16
+
+
+def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--max-batch``, ``--queue-delay-us`` and ``--instances``: :class:`Options`' fields as detect-triton and
+    detect-serve take them."""
+    parser.add_argument("--max-batch", type=cli.BATCH, help="largest dynamic batch, max_batch_size (default: the "
+                        "artifact's batch max)")
+    parser.add_argument("--queue-delay-us", type=cli.int_range(0), default=Options.queue_delay_us, metavar="US",
+                        help=f"dynamic batching: the longest a request waits for others (default: "
+                        f"{Options.queue_delay_us})")
+    parser.add_argument("--instances", type=cli.int_range(1, 64), default=Options.instances, metavar="N",
+                        help=f"instances of each model (default: {Options.instances})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from specdet import cli
 from specdet.cli import add_debug_flag, run
 from specdet.errors import SpecdetError
-from specdet.serve.repository import DEFAULT_NAME, Options, write_repository
+from specdet.serve.repository import DEFAULT_NAME, Options, add_batching_arguments, write_repository
 from specdet.serve.server import Endpoints, TritonServer
 
 PORT = cli.int_range(1, 65535)
@@ -42,11 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-port", type=PORT, default=8000, help="default: 8000")
     parser.add_argument("--grpc-port", type=PORT, default=8001, help="default: 8001")
     parser.add_argument("--metrics-port", type=PORT, default=8002, help="Prometheus metrics (default: 8002)")
-    parser.add_argument("--max-batch", type=cli.BATCH, help="largest dynamic batch (default: the artifact's batch max)")
-    parser.add_argument("--queue-delay-us", type=cli.int_range(0), default=100, metavar="US",
-                        help="dynamic batching: the longest a request waits for others (default: 100)")
-    parser.add_argument("--instances", type=cli.int_range(1, 64), default=1, metavar="N",
-                        help="instances of each model (default: 1)")
+    add_batching_arguments(parser)
     parser.add_argument("--model-name", default=DEFAULT_NAME, help=f"the model clients call (default: {DEFAULT_NAME})")
     parser.add_argument("--ready-timeout", type=cli.number_range(0, above=True), default=120.0, metavar="S",
                         help="give up if the server is not ready after S seconds (default: 120)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -55,6 +56,19 @@ class Endpoints:
     @property
     def metrics_url(self) -> str:
         return f"{_url_host(self.host)}:{self.metrics_port}"
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports nothing listens on now (the system's choice; another process could take one before the server does,
+    rarely): for servers started by tests and benchmarks."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _url_host(host: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from specdet import cli
 from specdet.cli import add_debug_flag, run
-from specdet.serve.repository import DEFAULT_NAME, DETECTORS, Options, write_repository
+from specdet.serve.repository import DEFAULT_NAME, DETECTORS, Options, add_batching_arguments, write_repository
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,11 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=DEFAULT_NAME,
                         help=f"the ensemble's name with one artifact; with several, each is NAME_<file stem> "
                         f"(default: {DEFAULT_NAME})")
-    parser.add_argument("--max-batch", type=cli.BATCH, help="max_batch_size (default: the artifact's batch max)")
-    parser.add_argument("--queue-delay-us", type=cli.int_range(0), default=100, metavar="US",
-                        help="dynamic batching: the longest a request waits for others (default: 100)")
-    parser.add_argument("--instances", type=cli.int_range(1, 64), default=1, metavar="N",
-                        help="instances of each model (default: 1)")
+    add_batching_arguments(parser)
     parser.add_argument("--gpu", action="store_true",
                         help="run the onnxruntime or python detector on the GPU (KIND_GPU; tensorrt always is)")
     parser.add_argument("--tensorrt-fp16", action="store_true",

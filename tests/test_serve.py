@@ -23,7 +23,8 @@ import pytest
 
 import tiny_exports
 from specdet.runtime import Detector
-from triton_support import children, free_ports, in_group, photos, running
+from specdet.serve.server import free_ports
+from triton_support import children, in_group, photos, running
 
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("pytriton")

@@ -24,8 +24,8 @@ from specdet.runtime import Detector
 from specdet.runtime.preprocess import image_pixels
 from specdet.serve import triton_cli
 from specdet.serve.repository import Options, write_repository
-from specdet.serve.server import Endpoints, TritonServer
-from triton_support import free_ports, in_group, photos
+from specdet.serve.server import Endpoints, TritonServer, free_ports
+from triton_support import in_group, photos
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 ARCHS = ("dual_branch_tiny", "rine_ssca_tiny")

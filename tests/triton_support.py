@@ -1,8 +1,7 @@
-"""Shared by test_triton.py and test_serve.py: free ports, photos, and the processes a server left behind."""
+"""Shared by test_triton.py and test_serve.py: photos, and the processes a server left behind."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from photo_files import photo_files
@@ -12,18 +11,6 @@ def photos(count: int) -> list[Path]:
     """Real and generated photos of several sources and formats (JPEG and PNG), spread over what there is."""
     files = photo_files()
     return files[:: max(1, len(files) // count)][:count]
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now (the system's choice; another process could take one, rarely)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def children(pid: int) -> list[int]:
