@@ -22,6 +22,7 @@ import numpy as np
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_THREADS, check_count
 from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec, is_engine
+from specdet.runtime.preprocess import normalise
 
 # Backend name -> "module:Class". Imported on first use, so a backend's
 # library (onnxruntime, openvino, tensorrt) is needed only when that backend is chosen.
@@ -96,6 +97,15 @@ class Runner(abc.ABC):
         outputs = self._infer(batch)
         count = batch.shape[0]
         return {name: np.asarray(outputs[name], dtype=np.float32).reshape(count) for name in OUTPUT_NAMES}
+
+    def infer_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """Score uint8 ``[N, crop, crop, 3]`` crops (the input pipeline's batches), normalised first.
+
+        Here the normalisation runs on the CPU (:func:`~specdet.runtime.preprocess.normalise`);
+        a runner on a GPU overrides this to copy the four-times smaller uint8
+        batch and normalise on the device, to the same float32 values.
+        """
+        return self.infer(normalise(crops, self.info.preprocessing).astype(self.input_spec().dtype, copy=False))
 
     @property
     def closed(self) -> bool:

@@ -12,7 +12,8 @@ import numpy as np
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_BATCH, MAX_PIXELS, MAX_PIXELS_CEILING, check_count
 from specdet.runtime.base import Runner, create_runner, remake_remedy
-from specdet.runtime.preprocess import ImageError, ImageSource, check_spec, image_pixels, preprocess
+from specdet.runtime.pipeline import Batch, InputPipeline, default_workers
+from specdet.runtime.preprocess import ImageSource, check_spec, preprocess
 
 FAKE, REAL = "fake", "real"
 
@@ -119,36 +120,39 @@ class Detector:
         paths: Iterable[str | os.PathLike],
         batch_size: int = 8,
         progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
     ) -> list[Result]:
         """Score files, in order; a file that cannot be read is recorded with its error and skipped.
 
         Of a multi-frame file the first frame is scored; its result's ``frames`` says how many it has.
+        ``workers`` processes read and decode the files while the model scores
+        (:mod:`specdet.runtime.pipeline`; the same pixels as reading them here);
+        default: one per CPU when there is more than one batch, 0 (read here) otherwise.
 
         ``progress(n)`` is called after each batch with the number of files it covered.
         """
         paths = [str(p) for p in paths]
         step = self._step(batch_size)
+        batches = -(-len(paths) // step)
+        if workers is None:
+            workers = default_workers() if batches > 1 else 0
         results: list[Result] = []
-        for start in range(0, len(paths), step):
-            chunk = paths[start : start + step]
-            outcome: list[Result | None] = [None] * len(chunk)
-            readable, pixels, frames = [], [], []
-            for i, path in enumerate(chunk):
-                try:
-                    one, count = image_pixels(path, self.preprocessing, self.max_pixels)
-                except ImageError as err:
-                    outcome[i] = Result(path, error=err.reason)
-                    continue
-                readable.append(i)
-                pixels.append(one)
-                frames.append(count)
-            if pixels:
-                scores = self._runner.infer(np.stack(pixels).astype(self._dtype, copy=False))
-                for i, p, logit, count in zip(readable, scores["probability"].tolist(), scores["logit"].tolist(), frames):
-                    outcome[i] = Result(chunk[i], probability=p, label=self.label(p), logit=logit, frames=count)
-            results.extend(outcome)
-            if progress is not None:
-                progress(len(chunk))
+        with InputPipeline(self.preprocessing, self.max_pixels, step, min(workers, batches)) as pipeline:
+            for batch in pipeline.batches(paths):
+                results.extend(self.score(batch))
+                if progress is not None:
+                    progress(len(batch.paths))
+        return results
+
+    def score(self, batch: Batch) -> list[Result]:
+        """The results of one batch the input pipeline read: its readable files scored, the rest with their errors."""
+        results = [Result(path, error=error) for path, error in zip(batch.paths, batch.errors)]
+        readable = batch.readable
+        if readable:
+            scores = self._runner.infer_crops(batch.crops)
+            for i, p, logit in zip(readable, scores["probability"].tolist(), scores["logit"].tolist()):
+                results[i] = Result(batch.paths[i], probability=p, label=self.label(p), logit=logit,
+                                    frames=batch.frames[i])
         return results
 
     def _step(self, batch_size: int) -> int:

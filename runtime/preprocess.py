@@ -148,21 +148,42 @@ def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any]
     check_spec(spec)
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, bytes)):
         images = [images]
-    batch = np.empty((len(images), 3, spec["crop"], spec["crop"]), dtype=np.float32)
+    crops = np.empty((len(images), spec["crop"], spec["crop"], 3), dtype=np.uint8)
     for i, source in enumerate(images):
-        batch[i] = image_pixels(source, spec, max_pixels)[0]
-    return batch
+        crops[i] = image_crop(source, spec, max_pixels)[0]
+    return normalise(crops, spec)
 
 
 def image_pixels(source: ImageSource, spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
     """One image's normalised ``[3, crop, crop]`` float32 pixels, and its number of frames (the first is scored)."""
+    crop, frames = image_crop(source, spec, max_pixels)
+    return normalise(crop[None], spec)[0], frames
+
+
+def image_crop(source: ImageSource, spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """One image resized and centre-cropped: ``[crop, crop, 3]`` uint8 RGB, and its number of frames.
+
+    Everything but the normalisation, so that the input pipeline's workers
+    (:mod:`specdet.runtime.pipeline`) hand over a quarter of the bytes and the
+    normalisation can run where the model does.
+    """
     check_spec(spec)
     image, frames = _load(source, max_pixels)
     _check_pixels(source, _resized_size(image.size, spec), max_pixels, "resized to")
-    pixels = np.asarray(_resize_and_crop(image, spec), dtype=np.float32).transpose(2, 0, 1)
-    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
-    return (pixels / 255.0 - mean) / std, frames
+    return np.asarray(_resize_and_crop(image, spec), dtype=np.uint8), frames
+
+
+def normalise(crops: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """uint8 ``[N, crop, crop, 3]`` crops to the model's float32 ``[N, 3, crop, crop]`` input: ``(x / 255 - mean) / std``.
+
+    The one definition of the arithmetic; a runner that normalises on its
+    device (:meth:`specdet.runtime.base.Runner.infer_crops`) must give the
+    same float32 values, operation for operation.
+    """
+    pixels = crops.astype(np.float32).transpose(0, 3, 1, 2)
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    return (pixels / np.float32(255.0) - mean) / std
 
 
 def check_spec(spec: Any) -> None:

@@ -16,6 +16,10 @@ from specdet.errors import SpecdetError
 MAX_THREADS = 1024
 # A batch beyond this does not fit any accelerator's memory at 224 x 224.
 MAX_BATCH = 65536
+# Input worker processes (--workers): 0 reads in the scoring process itself.
+MAX_WORKERS = 256
+# Shared memory for the input pipeline's batch slots: fewer slots (never under two) when batches are large.
+MAX_SLOT_BYTES = 1 << 30
 # 8000 x 8000: every camera photo fits; a decompression bomb (a small PNG whose
 # header claims 30000 x 30000) is refused from its header, before decoding.
 # Below Pillow's own warning threshold (about 89.5 megapixels).
@@ -30,8 +34,8 @@ def is_probability(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
 
 
-def check_count(value: Any, name: str, high: int) -> int:
-    """``value`` if it is a whole number from 1 to ``high``; otherwise a one-line :class:`SpecdetError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise SpecdetError(f"{name}={value!r} is out of range: give a whole number from 1 to {high}")
+def check_count(value: Any, name: str, high: int, low: int = 1) -> int:
+    """``value`` if it is a whole number from ``low`` to ``high``; otherwise a one-line :class:`SpecdetError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecdetError(f"{name}={value!r} is out of range: give a whole number from {low} to {high}")
     return value
