@@ -94,18 +94,25 @@ class Runner(abc.ABC):
         """Score a preprocessed batch: ``{"logit": [N], "probability": [N]}``, float32."""
         self.ensure_open()
         self._check_input(batch)
-        outputs = self._infer(batch)
-        count = batch.shape[0]
-        return {name: np.asarray(outputs[name], dtype=np.float32).reshape(count) for name in OUTPUT_NAMES}
+        return _outputs(self._infer(batch), batch.shape[0])
 
     def infer_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        """Score uint8 ``[N, crop, crop, 3]`` crops (the input pipeline's batches), normalised first.
+        """Score uint8 ``[N, crop, crop, 3]`` crops (the input pipeline's batches), normalised first, as :meth:`infer`."""
+        self.ensure_open()
+        crop = self.info.preprocessing["crop"]
+        if not (isinstance(crops, np.ndarray) and crops.dtype == np.uint8 and crops.shape[1:] == (crop, crop, 3)):
+            shown = f"{crops.dtype} {tuple(crops.shape)}" if isinstance(crops, np.ndarray) else type(crops).__name__
+            raise SpecdetError(f"crops are {shown}; {self.artifact.name} takes uint8 (N, {crop}, {crop}, 3): "
+                               "read them with specdet.runtime.preprocess.image_crop")
+        return _outputs(self._infer_crops(crops), crops.shape[0])
 
-        Here the normalisation runs on the CPU (:func:`~specdet.runtime.preprocess.normalise`);
-        a runner on a GPU overrides this to copy the four-times smaller uint8
-        batch and normalise on the device, to the same float32 values.
-        """
-        return self.infer(normalise(crops, self.info.preprocessing).astype(self.input_spec().dtype, copy=False))
+    def _infer_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """Normalise on the CPU (:func:`~specdet.runtime.preprocess.normalise`) and run :meth:`infer`'s checks and
+        backend. A runner on a GPU overrides this to copy the four-times smaller uint8 batch and normalise on
+        its device, to the same float32 values."""
+        batch = normalise(crops, self.info.preprocessing).astype(self.input_spec().dtype, copy=False)
+        self._check_input(batch)
+        return self._infer(batch)
 
     @property
     def closed(self) -> bool:
@@ -156,6 +163,10 @@ class Runner(abc.ABC):
         if limit is not None and batch.shape[0] > limit:
             raise SpecdetError(f"batch of {batch.shape[0]} images; {self.artifact.name} takes 1 to {limit}: use a "
                                f"smaller --batch-size or {batch_range_remedy(self.artifact)}")
+
+
+def _outputs(outputs: dict[str, Any], count: int) -> dict[str, np.ndarray]:
+    return {name: np.asarray(outputs[name], dtype=np.float32).reshape(count) for name in OUTPUT_NAMES}
 
 
 def batch_range_remedy(artifact: str | os.PathLike) -> str:

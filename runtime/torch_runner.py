@@ -13,6 +13,20 @@ from specdet.models import checkpoint
 from specdet.runtime.base import ArtifactInfo, Runner, TensorSpec
 
 
+def normalise_tensor(crops: torch.Tensor, spec: dict) -> torch.Tensor:
+    """:func:`specdet.runtime.preprocess.normalise` in torch, on the crops' device, to the same float32 values.
+
+    uint8 ``[N, crop, crop, 3]`` in, float32 ``[N, 3, crop, crop]`` out. Every
+    division is by a tensor: CUDA divides by a Python scalar as a product
+    with its reciprocal, which can differ from NumPy in the last bit.
+    """
+    device = crops.device
+    scale = torch.full((1, 1, 1, 1), 255.0, dtype=torch.float32, device=device)
+    mean = torch.tensor(spec["mean"], dtype=torch.float32, device=device).reshape(1, 3, 1, 1)
+    std = torch.tensor(spec["std"], dtype=torch.float32, device=device).reshape(1, 3, 1, 1)
+    return (crops.permute(0, 3, 1, 2).float() / scale - mean) / std
+
+
 class TorchRunner(Runner):
     name = "torch"
 

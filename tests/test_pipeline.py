@@ -1,0 +1,208 @@
+"""The input pipeline (runtime/pipeline.py): worker processes give the serial path's bytes, errors and order."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from specdet.errors import SpecdetError
+from specdet.runtime import Detector, pipeline
+from specdet.runtime.pipeline import InputPipeline
+from specdet.runtime.preprocess import ImageError, image_crop, image_pixels, normalise
+
+SPEC = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "interpolation": "bicubic"}
+
+
+@pytest.fixture(scope="module")
+def corpus(image_dir, tmp_path_factory) -> list[str]:
+    """The hostile-image corpus (EXIF orientation, CMYK, 16-bit, palette, alpha, grayscale, corrupt), plus
+    tiny, photo-size, multi-frame and unreadable entries, in an order that mixes good and bad."""
+    extra = tmp_path_factory.mktemp("more")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (1, 1, 3), np.uint8)).save(extra / "tiny.png")
+    Image.fromarray(rng.integers(0, 256, (1100, 1500, 3), np.uint8)).save(extra / "photo.jpg", quality=85)
+    Image.fromarray(rng.integers(0, 256, (3, 30000), np.uint8)).save(extra / "strip.png")  # too large once resized
+    frames = [Image.new("RGB", (64, 48), c) for c in ("red", "green", "blue")]
+    frames[0].save(extra / "animated.gif", save_all=True, append_images=frames[1:])
+    (extra / "folder.jpg").mkdir()
+    os.mkfifo(extra / "fifo.jpg")
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*") if p.is_file() and p.suffix != ".txt")
+    bad = sorted(str(p) for p in (image_dir / "bad").iterdir())
+    odd = [str(extra / n) for n in ("tiny.png", "photo.jpg", "strip.png", "animated.gif", "folder.jpg", "fifo.jpg")]
+    odd.append(str(extra / "missing.jpg"))
+    mixed = [p for trio in zip(good, bad + odd, good[::-1]) for p in trio] + good + odd
+    return mixed
+
+
+def _serial(paths: list[str], max_pixels: int = 64_000_000) -> list[tuple[str | None, bytes | None, int]]:
+    out = []
+    for path in paths:
+        try:
+            crop, frames = image_crop(path, SPEC, max_pixels)
+        except ImageError as err:
+            out.append((err.reason, None, 1))
+        else:
+            out.append((None, crop.tobytes(), frames))
+    return out
+
+
+def _piped(paths: list[str], workers: int, batch: int, **kwargs) -> list[tuple[str | None, bytes | None, int]]:
+    out = []
+    with InputPipeline(SPEC, 64_000_000, batch, workers, **kwargs) as pipe:
+        for got in pipe.batches(paths):
+            crops = iter(got.crops)
+            for error, frames in zip(got.errors, got.frames):
+                out.append((error, None if error else next(crops).tobytes(), frames))
+    return out
+
+
+@pytest.mark.parametrize("workers,batch", [(0, 4), (1, 3), (2, 4), (3, 1)])
+def test_crops_errors_and_order_match_the_serial_path(corpus, workers, batch):
+    assert _piped(corpus, workers, batch) == _serial(corpus)
+
+
+def test_the_corpus_holds_what_it_claims(corpus):
+    serial = _serial(corpus)
+    assert sum(e is None for e, _, _ in serial) >= 12 and sum(e is not None for e, _, _ in serial) >= 6
+    assert any(frames == 3 for _, _, frames in serial)  # the animated GIF
+
+
+def test_normalised_crops_are_the_serial_float_pixels(corpus):
+    readable = [p for p, (e, _, _) in zip(corpus, _serial(corpus)) if e is None]
+    crops = np.stack([image_crop(p, SPEC)[0] for p in readable])
+    serial = np.stack([image_pixels(p, SPEC)[0] for p in readable])
+    assert normalise(crops, SPEC).tobytes() == serial.tobytes()
+
+
+def test_detector_results_are_identical_with_and_without_workers(tiny_checkpoint, corpus):
+    with Detector(tiny_checkpoint) as detector:
+        serial = detector.predict_files(corpus, batch_size=4, workers=0)
+        piped = detector.predict_files(corpus, batch_size=4, workers=2)
+    assert piped == serial
+    assert [r.path for r in piped] == corpus
+    assert any(r.ok for r in piped) and any(not r.ok for r in piped)
+
+
+def test_progress_counts_every_file_once(tiny_checkpoint, corpus):
+    seen = []
+    with Detector(tiny_checkpoint) as detector:
+        detector.predict_files(corpus, batch_size=5, workers=2, progress=seen.append)
+    assert sum(seen) == len(corpus) and max(seen) == 5
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_duplicated(corpus):
+    lines = []
+    out = []
+    with InputPipeline(SPEC, 64_000_000, 2, 2, report=lines.append) as pipe:
+        for number, got in enumerate(pipe.batches(corpus)):
+            if number == 1:
+                for worker in pipe._pool:
+                    os.kill(worker.process.pid, signal.SIGKILL)
+            crops = iter(got.crops)
+            out.extend((e, None if e else next(crops).tobytes(), f) for e, f in zip(got.errors, got.frames))
+        assert pipe.restarts >= 1
+    assert out == _serial(corpus)
+    assert lines and all(line.startswith("note: an input worker died (killed by signal 9)") for line in lines)
+
+
+def test_a_file_that_kills_its_worker_twice_costs_its_batch_only(corpus, monkeypatch):
+    def crash_on_photo(path, spec, max_pixels):
+        if path.endswith("photo.jpg"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return image_crop(path, spec, max_pixels)
+
+    monkeypatch.setattr(pipeline, "image_crop", crash_on_photo)  # the forked workers inherit it
+    lines = []
+    with InputPipeline(SPEC, 64_000_000, 3, 2, report=lines.append) as pipe:
+        got = [(p, e) for b in pipe.batches(corpus) for p, e in zip(b.paths, b.errors)]
+    assert [p for p, _ in got] == corpus
+    lost = [p for p, e in got if e and "died twice" in e]
+    assert any(p.endswith("photo.jpg") for p in lost) and len(lost) <= 3 * 2  # its batch, each time it appears
+    expected = {p: e for p, (e, _, _) in zip(corpus, _serial(corpus))}
+    assert all(e == expected[p] for p, e in got if p not in lost)
+
+
+def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path, monkeypatch):
+    log = tmp_path / "reads"
+
+    def counted(path, spec, max_pixels):
+        with open(log, "a") as file:
+            file.write("x")
+        return image_crop(path, spec, max_pixels)
+
+    monkeypatch.setattr(pipeline, "image_crop", counted)
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
+    paths = (good * 40)[:120]
+    with InputPipeline(SPEC, 64_000_000, 4, 2, depth=3) as pipe:
+        batches = pipe.batches(paths)
+        next(batches)
+        time.sleep(1.5)  # the consumer dawdles over its first batch
+        assert pipe.slots.shape[0] == 3
+        assert log.stat().st_size <= 3 * 4  # three slots of four files, not the 120 files
+        rest = sum(len(b.paths) for b in batches)
+    assert rest == 116
+
+
+def test_bad_worker_counts_are_one_line_errors():
+    for bad in (-1, 1.5, True, 10_000):
+        with pytest.raises(SpecdetError, match="workers="):
+            InputPipeline(SPEC, 64_000_000, 4, bad)
+
+
+def test_torch_and_numpy_normalise_alike(corpus):
+    """What a GPU runner does on its device (float32 divide by tensors, not by a Python scalar) gives numpy's values."""
+    from specdet.runtime.torch_runner import normalise_tensor
+
+    readable = [p for p, (e, _, _) in zip(corpus, _serial(corpus)) if e is None]
+    crops = np.stack([image_crop(p, SPEC)[0] for p in readable])
+    on_torch = normalise_tensor(torch.from_numpy(crops), SPEC).numpy()
+    assert on_torch.tobytes() == normalise(crops, SPEC).tobytes()
+
+
+CTRL_C = textwrap.dedent("""
+    import sys, time
+    from specdet.runtime.pipeline import InputPipeline
+    spec = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    with InputPipeline(spec, 64_000_000, 2, 2) as pipe:
+        for number, batch in enumerate(pipe.batches(sys.argv[1:] * 50)):
+            if number == 0:
+                print(" ".join(str(w.process.pid) for w in pipe._pool), flush=True)
+            time.sleep(0.2)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_leaves_no_worker_and_no_shared_memory(image_dir):
+    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C, *good], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    pids = [int(p) for p in child.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode != 0 and "KeyboardInterrupt" in err
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+    if os.path.isdir("/dev/shm"):
+        assert set(os.listdir("/dev/shm")) <= shm
