@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=cli.BATCH,
                         help="images per inference call (default: 8; with --ray, the artifact's largest batch, at most 64)")
     parser.add_argument("--threads", type=cli.THREADS, help="CPU threads for inference (default: the backend's)")
+    parser.add_argument("--workers", type=cli.WORKERS, metavar="N",
+                        help="processes reading and decoding images while the model scores (default: one per CPU; "
+                        "0 reads them in this process; with --ray: per actor, default 0)")
     parser.add_argument("--max-pixels", type=cli.PIXELS, default=MAX_PIXELS, metavar="N",
                         help=f"skip images of more than N pixels, as stored or once resized (default {MAX_PIXELS}, "
                         f"at most {MAX_PIXELS_CEILING})")
@@ -138,7 +141,7 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_ray(args, files, options)
     with Detector(args.artifact, args.backend, threads=args.threads, **options) as detector, \
             progress_bar(total=len(files), unit="image") as bar:
-        results = detector.predict_files(files, args.batch_size or 8, progress=bar.update)
+        results = detector.predict_files(files, args.batch_size or 8, progress=bar.update, workers=args.workers)
     scored = [r for r in results if r.ok]
     for result in results:
         if not result.ok:
@@ -155,7 +158,7 @@ def _predict_ray(args: argparse.Namespace, files: list[Path], options: dict) -> 
     summary = ray_scoring.score_to_parquet(
         args.artifact, files, args.out or Path("scores.parquet"), backend=args.backend, options=options,
         batch_size=args.batch_size, actors=args.actors, threads=args.threads or 1, address=args.ray_address,
-        rows_per_part=args.rows_per_part or ray_scoring.ROWS_PER_PART,
+        rows_per_part=args.rows_per_part or ray_scoring.ROWS_PER_PART, workers=args.workers or 0,
     )
     print(summary.line(), file=sys.stderr)
     return cli.EXIT_SKIPPED if summary.errors or summary.already_errors else 0

@@ -169,7 +169,7 @@ def image_crop(source: ImageSource, spec: dict[str, Any], max_pixels: int = MAX_
     """
     check_spec(spec)
     image, frames = _load(source, max_pixels)
-    _check_pixels(source, _resized_size(image.size, spec), max_pixels, "resized to")
+    _check_pixels(source, resized_size(image.size, spec), max_pixels, "resized to")
     return np.asarray(_resize_and_crop(image, spec), dtype=np.uint8), frames
 
 
@@ -227,11 +227,11 @@ def resize_for_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
 
     Training augmentation calls this too, so that it sees images at the scale inference does.
     """
-    size = _resized_size(image.size, spec)
+    size = resized_size(image.size, spec)
     return image if size == image.size else image.resize(size, _FILTERS[spec["interpolation"]])
 
 
-def _resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:
+def resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:
     width, height = size
     short, long = min(width, height), max(width, height)
     # A missing "resize" means no resize, as null does (preprocessing_problems accepts both).
@@ -246,7 +246,12 @@ def _resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int
 def _resize_and_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
     crop = spec["crop"]
     image = resize_for_crop(image, spec)
-    width, height = image.size
-    # torchvision's CenterCrop rounding, so both pick the same pixels.
-    left, top = int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))
+    left, top = crop_origin(image.size, crop)
     return image.crop((left, top, left + crop, top + crop))
+
+
+def crop_origin(size: tuple[int, int], crop: int) -> tuple[int, int]:
+    """The ``(left, top)`` corner of the centre crop of an image of ``size``: torchvision's CenterCrop rounding,
+    so both pick the same pixels."""
+    width, height = size
+    return int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))

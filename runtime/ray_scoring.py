@@ -41,6 +41,7 @@ from specdet.files import atomic_write, check_output, remove_stale
 from specdet.progress import bar as progress_bar
 from specdet.progress import on_terminal
 from specdet.runtime.detector import Detector, Result
+from specdet.runtime.pipeline import InputPipeline
 
 INSTALL_HINT = 'install the ray extra: pip install -e ".[ray]"'
 COLUMNS = ("path", "probability", "logit", "label", "error")
@@ -88,6 +89,7 @@ def score_to_parquet(
     threads: int = 1,
     address: str | None = None,
     rows_per_part: int = ROWS_PER_PART,
+    workers: int = 0,
     report: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> Summary:
     """Score ``files`` with ``actors`` Ray actors (``threads`` each) into the Parquet folder ``out``.
@@ -95,7 +97,9 @@ def score_to_parquet(
     ``options`` are :class:`Detector` keyword arguments (arch, providers,
     max_pixels, ...). ``address`` joins a running cluster (its nodes need
     specdet and see the same paths); None starts a local one on 127.0.0.1,
-    shut down at the end. ``report`` gets one line per file with an error.
+    shut down at the end. ``workers`` input processes per actor read the
+    files (0: the actor reads them itself; the actors are the parallelism).
+    ``report`` gets one line per file with an error.
     """
     require_ray()
     options = dict(options or {}, threads=threads)
@@ -125,7 +129,8 @@ def score_to_parquet(
         artifact = Path(os.path.abspath(artifact))
         if options.get("plugins"):
             options["plugins"] = [os.path.abspath(p) for p in options["plugins"]]
-        _run(artifact, backend, options, todo, out, batch, actors, threads, address, rows_per_part, summary, report)
+        _run(artifact, backend, options, todo, out, batch, actors, threads, address, rows_per_part, workers, summary,
+             report)
         return summary
     finally:
         os.close(lock)
@@ -181,14 +186,14 @@ def _table(results: Sequence[Result]):
 
 
 class _Scorer:
-    """One Ray actor: one detector, kept for every batch the actor is given."""
+    """One Ray actor: one detector and its input pipeline, kept for every batch the actor is given."""
 
-    def __init__(self, artifact: str, backend: str | None, options: dict[str, Any], batch_size: int):
+    def __init__(self, artifact: str, backend: str | None, options: dict[str, Any], batch_size: int, workers: int):
         self.detector = Detector(artifact, backend, **options)
-        self.batch_size = batch_size
+        self.pipeline = InputPipeline(self.detector.preprocessing, self.detector.max_pixels, batch_size, workers)
 
     def __call__(self, batch: dict[str, Any]):
-        return _table(self.detector.predict_files(batch["path"].tolist(), self.batch_size))
+        return _table([r for read in self.pipeline.batches(batch["path"].tolist()) for r in self.detector.score(read)])
 
 
 def _utf8(path: str) -> bool:
@@ -199,7 +204,7 @@ def _utf8(path: str) -> bool:
     return True
 
 
-def _run(artifact, backend, options, todo, out, batch, actors, threads, address, rows_per_part, summary, report):
+def _run(artifact, backend, options, todo, out, batch, actors, threads, address, rows_per_part, workers, summary, report):
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -266,7 +271,7 @@ def _run(artifact, backend, options, todo, out, batch, actors, threads, address,
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             scored = ray.data.from_items([{"path": p} for p in todo]).map_batches(
                 _Scorer, fn_constructor_kwargs={"artifact": str(artifact), "backend": backend, "options": options,
-                                                "batch_size": batch},
+                                                "batch_size": batch, "workers": workers},
                 batch_size=batch * max(1, math.ceil(MIN_RAY_BATCH / batch)), batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, max_restarts=0,
             )

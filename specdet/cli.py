@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 
 from specdet.errors import SpecdetError  # noqa: F401  (re-exported for the CLIs)
-from specdet.limits import MAX_BATCH, MAX_PIXELS_CEILING, MAX_THREADS
+from specdet.limits import MAX_BATCH, MAX_PIXELS_CEILING, MAX_THREADS, MAX_WORKERS
 
 EXIT_SKIPPED = 1
 EXIT_USER_ERROR = 2
@@ -74,6 +74,7 @@ THREADS = int_range(1, MAX_THREADS)
 BATCH = int_range(1, MAX_BATCH)
 PIXELS = int_range(1, MAX_PIXELS_CEILING)
 POSITIVE = int_range(1)
+WORKERS = int_range(0, MAX_WORKERS)
 PROBABILITY = number_range(0.0, 1.0)
 
 

@@ -1,0 +1,207 @@
+"""``detect-bench ARTIFACT --end-to-end``: files on disk to probabilities, per number of input workers.
+
+What users who score folders see: JPEG decoding, resizing and cropping
+(:mod:`specdet.runtime.pipeline`), the host-to-device copy, normalisation and
+the model, with the files in the page cache (each set is read once before
+timing). Each worker count (0: the serial loop in the scoring process) is
+timed ``repeats`` times over the whole set; the report gives images/s (median,
+min, max) and the fraction of the wall time the scoring process spent inside
+the model call (copies and synchronisation included: the most the accelerator
+can have been busy). The probabilities of every worker count are compared
+with the serial loop's, and one untimed pass compares the uint8 crops byte by
+byte. With ``decode="gpu"`` a further row decodes JPEGs with nvJPEG
+(``torchvision.io.decode_jpeg`` on the device) and resizes there: not
+Pillow-exact, so the record gives its largest pixel and probability
+differences from the Pillow path on the same files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specdet.benchmarks import machine, variants
+from specdet.files import atomic_write
+from specdet.runtime.pipeline import InputPipeline
+from specdet.versions import library_versions
+
+FORMAT = "specdet-end-to-end"
+
+
+def make_photos(folder: Path, count: int, seed: int = 0, sizes: tuple[int, int] = (500, 1500),
+                qualities: tuple[int, int] = (75, 95)) -> list[Path]:
+    """``count`` photo-like JPEGs (smooth colour fields with sensor-like noise; long side and quality drawn
+    from ``sizes`` and ``qualities``): what decoding costs on real photos, made anywhere without a download."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        long = int(rng.integers(sizes[0], sizes[1] + 1))
+        short = int(long * rng.uniform(0.6, 0.8))
+        width, height = (long, short) if rng.random() < 0.7 else (short, long)
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8)).resize((width, height), Image.BICUBIC)
+        pixels = np.asarray(coarse, np.int16) + rng.normal(0, 6, (height, width, 3)).astype(np.int16)
+        path = folder / f"photo-{i:05d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=int(rng.integers(*qualities)))
+        paths.append(path)
+    return paths
+
+
+def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Sequence[int], batch_size: int,
+        repeats: int = 3, threads: int | None = None, max_pixels: int = 64_000_000, decode_gpu: bool = False,
+        command: str = "") -> dict[str, Any]:
+    """Time files-to-probabilities of ``artifact`` under ``variant_name`` for each worker count."""
+    variant = variants.VARIANTS[variant_name]
+    paths = [str(p) for p in files]
+    loaded = variants.load(variant, artifact, threads)
+    runner = loaded.runner
+    try:
+        spec = runner.info.preprocessing
+        step = min(batch_size, runner.info.max_batch or batch_size)
+        total_bytes = sum(Path(p).read_bytes().__len__() for p in paths)  # also: the files now in the page cache
+        with InputPipeline(spec, max_pixels, step, 0) as serial:  # warm-up: the model at this batch, once
+            first = next(serial.batches(paths[:step]))
+            runner.infer_crops(first.crops)
+        rows, reference = [], None
+        for count in workers:
+            passes = [_timed_pass(runner, spec, max_pixels, step, count, paths) for _ in range(repeats)]
+            probabilities = passes[0]["probabilities"]
+            if reference is None:
+                reference = probabilities
+            rates = [len(paths) / p["seconds"] for p in passes]
+            rows.append({
+                "workers": count, "images_per_s": _spread(rates),
+                "busy_fraction": _spread([p["busy_s"] / p["seconds"] for p in passes]),
+                "seconds": [round(p["seconds"], 4) for p in passes],
+                "identical_probabilities": probabilities == reference,
+            })
+        record: dict[str, Any] = {
+            "format": FORMAT, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "artifact": artifact.name, "architecture": runner.info.architecture,
+            "variant": variant.name, "variant_summary": variant.summary, "device": variant.device,
+            "facts": loaded.facts, "batch_size": step, "repeats": repeats,
+            "images": {"count": len(paths), "megabytes": round(total_bytes / 1e6, 1)},
+            "machine": machine.describe(), "versions": _versions(),
+            "rows": rows,
+            "identical_crops": _same_crops(spec, max_pixels, step, max(workers), paths) if max(workers) else None,
+        }
+        if decode_gpu:
+            record["gpu_decode"] = gpu_decode_row(runner, spec, step, paths, repeats, reference)
+        return record
+    finally:
+        runner.close()
+
+
+def _timed_pass(runner, spec, max_pixels, step, workers, paths) -> dict[str, Any]:
+    busy = 0.0
+    probabilities: list[float | None] = []
+    start = time.perf_counter()
+    with InputPipeline(spec, max_pixels, step, workers) as pipeline:
+        for batch in pipeline.batches(paths):
+            scored = iter(())
+            if batch.crops.shape[0]:
+                entered = time.perf_counter()
+                scored = iter(runner.infer_crops(batch.crops)["probability"].tolist())
+                busy += time.perf_counter() - entered
+            probabilities.extend(None if error else next(scored) for error in batch.errors)
+    return {"seconds": time.perf_counter() - start, "busy_s": busy, "probabilities": probabilities}
+
+
+def _same_crops(spec, max_pixels, step, workers, paths) -> bool:
+    """Whether ``workers`` processes give byte for byte the serial loop's crops (an untimed pass each)."""
+    digests = []
+    for count in (0, workers):
+        digest = hashlib.sha256()
+        with InputPipeline(spec, max_pixels, step, count) as pipeline:
+            for batch in pipeline.batches(paths):
+                digest.update(repr(batch.errors).encode())
+                digest.update(batch.crops.tobytes())
+        digests.append(digest.hexdigest())
+    return digests[0] == digests[1]
+
+
+def gpu_decode_row(runner, spec, step, paths, repeats, reference) -> dict[str, Any]:
+    """nvJPEG decoding and a torch resize on the device, against the Pillow path: speed and drift."""
+    from specdet.benchmarks.gpu_decode import decode_batch
+
+    rates, probabilities, largest_pixel = [], [], 0
+    for number in range(repeats):
+        start = time.perf_counter()
+        probabilities = []
+        for i in range(0, len(paths), step):
+            chunk = paths[i:i + step]
+            crops = decode_batch(chunk, spec)
+            probabilities.extend(runner.infer_device_crops(crops)["probability"].tolist())
+            if number == 0:
+                largest_pixel = max(largest_pixel, _pixel_drift(crops, chunk, spec))
+        rates.append(len(paths) / (time.perf_counter() - start))
+    drift = [abs(a - b) for a, b in zip(probabilities, reference) if b is not None]
+    return {"images_per_s": _spread(rates), "largest_pixel_difference": int(largest_pixel),
+            "largest_probability_difference": max(drift) if drift else None}
+
+
+def _pixel_drift(crops, chunk, spec) -> int:
+    from specdet.runtime.preprocess import image_crop
+
+    pillow = np.stack([image_crop(p, spec)[0] for p in chunk]).astype(np.int16)
+    return int(np.abs(crops.cpu().numpy().astype(np.int16) - pillow).max())
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
+
+
+def _versions() -> dict[str, str]:
+    versions = library_versions()
+    for name in ("numpy", "PIL", "torchvision"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            continue
+    return versions
+
+
+def markdown(record: dict[str, Any]) -> str:
+    cpu = record["machine"]
+    lines = [
+        f"# Files to probabilities: {record['architecture']} ({record['artifact']}), {record['variant']}",
+        "",
+        f"{record['images']['count']} JPEG files ({record['images']['megabytes']} MB, in the page cache), batch "
+        f"{record['batch_size']}, {record['repeats']} passes per row; {cpu['cpu']}, {cpu['logical_cpus']} CPUs "
+        f"({', '.join(cpu['simd'])}). {record['date']}.",
+        "",
+        "| workers | images/s (median) | min | max | in the model call | same probabilities as serial |",
+        "|---:|---:|---:|---:|---:|:---:|",
+    ]
+    serial = record["rows"][0]["images_per_s"]["median"]
+    for row in record["rows"]:
+        rate = row["images_per_s"]
+        lines.append(f"| {row['workers']} | {rate['median']:.1f} ({rate['median'] / serial:.2f}x) | {rate['min']:.1f} | "
+                     f"{rate['max']:.1f} | {100 * row['busy_fraction']['median']:.0f} % | "
+                     f"{'yes' if row['identical_probabilities'] else 'NO'} |")
+    if record.get("identical_crops") is not None:
+        lines += ["", f"uint8 crops byte-identical to the serial loop: {'yes' if record['identical_crops'] else 'NO'}."]
+    if record.get("gpu_decode"):
+        gpu = record["gpu_decode"]
+        lines += ["", f"GPU decoding (nvJPEG + torch resize, not Pillow-exact): {gpu['images_per_s']['median']:.1f} "
+                  f"images/s; largest pixel difference {gpu['largest_pixel_difference']}, largest probability "
+                  f"difference {gpu['largest_probability_difference']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write(record: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "end-to-end.json", out / "end-to-end.md"]
+    atomic_write(paths[0], lambda f: f.write(json.dumps(record, indent=2).encode()))
+    atomic_write(paths[1], lambda f: f.write(markdown(record).encode()))
+    return paths
