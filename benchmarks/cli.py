@@ -27,6 +27,8 @@ from specdet.benchmarks import bench, report, timing, variants
 from specdet.benchmarks.progress import Progress
 from specdet.errors import SpecdetError
 from specdet.files import check_output
+from specdet.limits import MAX_WORKERS
+from specdet.runtime.base import BACKEND_BY_SUFFIX
 
 DEFAULT_OUT = "bench-out"
 
@@ -41,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
                    help="one model's .pth checkpoint and .onnx/.engine files (none: the built-in default)")
     p.add_argument("--backends", metavar="LIST", help="comma-separated backends (each: every variant of it that can run here) or "
                    f"variant names (default: {bench.DEFAULT_SELECTION}, where applicable)")
-    p.add_argument("--batch-sizes", metavar="LIST", default="1,8", help="comma-separated batch sizes (default: 1,8)")
+    p.add_argument("--batch-sizes", metavar="LIST", help="comma-separated batch sizes (default: 1,8; with --end-to-end, "
+                   "one: 8)")
     p.add_argument("--images", type=Path, metavar="DIR", help="folder of images, labelled when laid out as 0_real/1_fake "
                    "(per source); default: scikit-image's sample photos")
     p.add_argument("--max-images", type=cli.POSITIVE, metavar="N", help="score at most this many images, spread over the folder")
@@ -58,6 +61,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also record where each CPU variant's time goes, by operator type (smallest batch size)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    e2e = p.add_argument_group("files to probabilities (--end-to-end)")
+    e2e.add_argument("--end-to-end", action="store_true",
+                     help="time one ARTIFACT from JPEG files on disk to probabilities, per number of input workers "
+                     "(--images, default: generated photo-size JPEGs; --backends: one variant; the first --batch-sizes)")
+    e2e.add_argument("--workers", metavar="LIST", default=None,
+                     help="with --end-to-end: comma-separated input worker counts, 0 being the serial loop "
+                     "(default: 0,1,2,... up to the CPUs, doubling)")
+    e2e.add_argument("--repeats", type=cli.int_range(1, 1000), default=3, metavar="N",
+                     help="with --end-to-end: timed passes over the files per worker count (default: 3)")
+    e2e.add_argument("--photos", type=cli.int_range(1, 1_000_000), default=200, metavar="N",
+                     help="with --end-to-end and no --images: how many photo-size JPEGs to generate (default: 200)")
+    e2e.add_argument("--decode-gpu", action="store_true",
+                     help="with --end-to-end on a torch CUDA variant: also decode with nvJPEG on the GPU (not Pillow-exact)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     cli.add_debug_flag(p)
     return p
@@ -71,12 +87,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     check_output(args.out, "benchmark report", folder=True)
+    if args.end_to_end:
+        return _end_to_end(args)
+    for flag, given in (("--workers", args.workers), ("--decode-gpu", args.decode_gpu)):
+        if given:
+            raise SpecdetError(f"{flag} needs --end-to-end")
     try:
         plan = timing.Plan(args.warmup, None if args.seconds is not None else (10 if args.iters is None else args.iters), args.seconds,
                            interleave=not args.sequential)
     except ValueError as err:
         raise SpecdetError(f"{err}: check --warmup, --iters and --seconds") from None
-    batch_sizes = bench.parse_batch_sizes(args.batch_sizes)
+    batch_sizes = bench.parse_batch_sizes(args.batch_sizes or "1,8")
     variants.parse_selection(args.backends or bench.DEFAULT_SELECTION)  # unknown names fail before any export
     config = bench.Config(
         artifacts=list(args.artifacts), backends=args.backends, batch_sizes=batch_sizes, images=args.images,
@@ -94,6 +115,50 @@ def _bench(args: argparse.Namespace) -> int:
     print(report.markdown(record))
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
+
+
+def _end_to_end(args: argparse.Namespace) -> int:
+    from specdet.benchmarks import end_to_end
+    from specdet.images import folder_images
+    from specdet.runtime.pipeline import default_workers
+
+    if len(args.artifacts) != 1:
+        raise SpecdetError("--end-to-end times one ARTIFACT: give exactly one .pth, .onnx or .engine file")
+    artifact = args.artifacts[0]
+    if not artifact.is_file():
+        raise SpecdetError(f"artifact {artifact} not found: check the path")
+    # One variant: the one named, or the first of the artifact's backend that runs here (torch-fp32, onnxruntime-cpu, ...).
+    token = args.backends or BACKEND_BY_SUFFIX.get(artifact.suffix.lower(), "torch")
+    (variant, _), *_ = variants.select(variants.parse_selection(token)[:1], artifact, [artifact], strict=True)
+    name = variant.name
+    if args.decode_gpu and not name.startswith("torch-cuda"):
+        raise SpecdetError("--decode-gpu scores on the GPU: choose a torch-cuda variant with --backends")
+    workers = _worker_counts(args.workers, default_workers())
+    batch = bench.parse_batch_sizes(args.batch_sizes or "8")[0]
+    with tempfile.TemporaryDirectory(prefix="detect-bench-photos-") as folder:
+        files = folder_images(args.images) if args.images else end_to_end.make_photos(Path(folder), args.photos)
+        record = end_to_end.run(artifact, name, files, workers=workers, batch_size=batch, repeats=args.repeats,
+                                threads=args.threads, decode_gpu=args.decode_gpu, command=args.command)
+    paths = end_to_end.write(record, args.out)
+    print(end_to_end.markdown(record))
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def _worker_counts(text: str | None, cpus: int) -> list[int]:
+    if text is None:
+        counts, n = [0], 1
+        while n <= cpus:
+            counts.append(n)
+            n *= 2
+        return counts + ([cpus] if counts[-1] != cpus else [])
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(not 0 <= c <= MAX_WORKERS for c in counts):
+        raise SpecdetError(f"--workers {text!r}: give comma-separated counts from 0 to {MAX_WORKERS}, e.g. 0,2,4")
+    return counts
 
 
 if __name__ == "__main__":

@@ -284,6 +284,28 @@ def tensorrt_engines(ctx: Context) -> dict[str, Any]:
     return result
 
 
+# ---- files to probabilities ------------------------------------------------------------------------
+
+
+def end_to_end(ctx: Context, name: str) -> dict[str, Any]:
+    """detect-bench --end-to-end on photo-size JPEGs made here: the input pipeline per worker count, GPU decoding."""
+    from specdet.benchmarks import end_to_end as e2e
+    from specdet.runtime.pipeline import default_workers
+
+    model = ctx.model(name)
+    cpus = default_workers()
+    if ctx.dry_run:
+        count, sizes, variant, workers, batch, repeats = 12, (60, 120), "torch-fp32", (0, 1, 2), 4, 1
+    else:
+        count, sizes, variant, batch, repeats = 960, (500, 1500), "torch-cuda-graphs-fp16", 32, 3
+        workers = (0, *sorted({max(1, cpus // 4), max(1, cpus // 2), max(1, 3 * cpus // 4), cpus}))
+    photos = ctx.work / "photos"
+    files = sorted(photos.glob("*.jpg")) or e2e.make_photos(photos, count, sizes=sizes, processes=cpus)
+    record = e2e.run(ctx.checkpoint(model), variant, files, workers=workers, batch_size=batch, repeats=repeats,
+                     decode_gpu=not ctx.dry_run, command=f"gpu_suite: {model} {variant} end to end")
+    return {"model": model, "markdown": e2e.markdown(record), "record": record}
+
+
 # ---- the registry, in order of value -------------------------------------------------------------
 
 
@@ -306,6 +328,10 @@ def _steps() -> list[Step]:
              lambda ctx: model_bench(ctx, dual, every, BENCH_BATCHES)),
         Step(f"bench:{rine}", "detect-bench GPU variants, batch 1/8/32/128", 110, 60,
              lambda ctx: model_bench(ctx, rine, every, BENCH_BATCHES)),
+        Step(f"end_to_end:{dual}", "JPEG files to probabilities: input workers, CUDA graph FP16, nvJPEG", 70, 60,
+             lambda ctx: end_to_end(ctx, dual)),
+        Step(f"end_to_end:{rine}", "JPEG files to probabilities: input workers, CUDA graph FP16, nvJPEG", 80, 60,
+             lambda ctx: end_to_end(ctx, rine)),
         Step(f"train:{dual}", "training steps: recipe batch, bf16 autocast, channels-last", 45, 30,
              lambda ctx: train_steps(ctx, dual, compile=False)),
         Step(f"train:{rine}", "training steps: recipe batch, bf16 autocast, channels-last", 60, 30,

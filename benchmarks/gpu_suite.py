@@ -262,7 +262,18 @@ def headline(steps: list[dict[str, Any]]) -> dict[str, Any]:
     out["best_gpu_path_vs_eager_fp32"] = {model: _best_paths(rows) for model, rows in best.items()}
     trained = {name: r for name, r in results.items() if name.startswith(("train:", "train-compile:")) and r}
     out["training_images_per_s"] = {name: round(r["images_per_s"], 1) for name, r in trained.items()}
+    out["files_to_probabilities"] = {r["model"]: _files_per_s(r["record"]) for name, r in results.items()
+                                     if name.startswith("end_to_end:") and r}
     return out
+
+
+def _files_per_s(record: dict) -> dict:
+    """The serial loop's and the best worker count's images/s, and whether every row scored as the serial loop."""
+    best = max(record["rows"], key=lambda row: row["images_per_s"]["median"])
+    return {"serial": record["rows"][0]["images_per_s"]["median"], "best": best["images_per_s"]["median"],
+            "workers": best["workers"], "identical": all(r["identical_probabilities"] for r in record["rows"])
+            and bool(record["identical_crops"]) and record["same_as_float_input"],
+            "gpu_decode": (record.get("gpu_decode") or {}).get("images_per_s", {}).get("median")}
 
 
 def _kernel_speedups(summary: list[dict]) -> list[dict]:
@@ -332,6 +343,8 @@ def markdown(record: dict[str, Any]) -> str:
             lines += [f"- {f}" for f in result["failures"]]
         elif step["name"] == "kernels_bench":
             lines += _kernels_md(result)
+        elif step["name"].startswith("end_to_end:"):
+            lines.append(result["markdown"])
         elif "record" in result:
             if result["failed_attempts"]:
                 lines += [f"- first attempt failed ({', '.join(a['variants'])}): {_cell(a['error'])}" for a in result["failed_attempts"]]
