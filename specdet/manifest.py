@@ -3,7 +3,9 @@
 Every stage reads and writes it through :class:`Manifest`: ``detect-export``
 writes it, ``detect-build`` copies it into the engine's, the runtimes and the
 benchmarks read it instead of importing training code, and the C++ runtime
-and the Triton model repository read the same JSON. Where it lives:
+and the Triton model repository read the same JSON. Where it lives, by the
+artifact's suffix (:meth:`Manifest.read` looks there, and the C++ runtime's
+``find_manifest`` in the same order: README "Checkpoints and manifests"):
 
 - ``model.onnx``: inside the file, in ``metadata_props`` under the key
   ``specdet.manifest`` (the JSON text), so the one file is the whole
@@ -11,7 +13,7 @@ and the Triton model repository read the same JSON. Where it lives:
   (``session.get_modelmeta().custom_metadata_map``; C API
   ``ModelMetadataLookupCustomMetadataMap``). Older exports kept it beside the
   file as ``model.json``; that sidecar is still read when the file carries
-  none, and never written.
+  none (never opened when it carries one), and never written.
 - ``model.engine`` / ``model.plan``: TensorRT engines cannot carry metadata,
   so beside it as ``model.engine.json``.
 

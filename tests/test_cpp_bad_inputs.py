@@ -99,7 +99,7 @@ def _set(path, value):
 @pytest.mark.parametrize(
     "edit, text, message",
     [
-        (None, None, "no manifest in model.onnx nor beside it"),
+        (None, None, "model.onnx carries no specdet manifest"),
         (None, "{ not json", "not valid JSON"),
         (None, "[]", "not a specdet manifest"),
         (_set(["version"], 2), None, "version 2"),

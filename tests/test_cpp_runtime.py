@@ -253,6 +253,7 @@ def test_eight_threads_score_as_one(cpp, dual_tiny, encoded, tmp_path):
 
 
 # ---- where the manifest comes from -----------------------------------------------------------
+# (the lookup order, on both runtimes: tests/test_manifest_lookup.py)
 
 
 def test_manifest_embedded_in_the_onnx_file(cpp, tiny_onnx, tmp_path):
@@ -264,17 +265,6 @@ def test_manifest_embedded_in_the_onnx_file(cpp, tiny_onnx, tmp_path):
     # A stale sidecar beside it does not win over the file's own manifest.
     artifact.with_suffix(".json").write_text(json.dumps(embedded_manifest(tiny_onnx)))
     assert CppDetector(cpp.library, artifact).threshold == 0.25
-
-
-def test_manifest_sidecars(cpp, tiny_onnx, tmp_path):
-    artifact = copy_with_manifest(tiny_onnx, tmp_path / "model.onnx", None)  # an older export: sidecars only
-    manifest = embedded_manifest(tiny_onnx)
-    (tmp_path / "model.onnx.specdet.json").write_text(json.dumps(dict(manifest, threshold=0.75)))
-    artifact.with_suffix(".json").write_text(json.dumps(manifest))
-    detector = CppDetector(cpp.library, artifact)
-    assert detector.threshold == 0.75 and detector.get_string("manifest_source").endswith("model.onnx.specdet.json")
-    (tmp_path / "model.onnx.specdet.json").unlink()
-    assert CppDetector(cpp.library, artifact).get_string("manifest_source").endswith("model.json")
 
 
 def test_missing_runtime_library_is_an_error(cpp, tiny_onnx):

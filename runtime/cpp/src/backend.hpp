@@ -33,9 +33,10 @@ class Backend {
 };
 
 std::unique_ptr<Backend> open_onnxruntime(const std::string& artifact, const Options& options);
-std::unique_ptr<Backend> open_tensorrt(const std::string& artifact, const Options& options);
+// `manifest`: the engine's, found before the backend opens (see open_backend in detector.cpp).
+std::unique_ptr<Backend> open_tensorrt(const std::string& artifact, const Options& options, Manifest manifest);
 
-// The manifest the options name, else nullptr (the backend then looks for its own).
+// The manifest the options name, else nullptr (then find_manifest looks for the artifact's).
 std::unique_ptr<Manifest> manifest_from_options(const Options& options);
 
 // IEEE half <-> float, round to nearest even as numpy's astype(float16).

@@ -9,26 +9,20 @@
 namespace specdet {
 namespace {
 
-std::string lower_suffix(const std::string& path) {
-  const auto slash = path.find_last_of('/'), dot = path.find_last_of('.');
-  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
-  std::string s = path.substr(dot);
-  for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return s;
-}
-
 std::unique_ptr<Backend> open_backend(const std::string& artifact, const Options& options) {
   if (!file_exists(artifact)) fail(SPECDET_ERROR_IO, "artifact " + artifact + " not found: check the path");
   std::string backend = options.backend;
   if (backend == "auto") {
-    const std::string suffix = lower_suffix(artifact);
-    if (suffix == ".onnx") backend = "onnxruntime";
-    else if (suffix == ".engine" || suffix == ".plan") backend = "tensorrt";
+    if (lower_suffix(artifact) == ".onnx") backend = "onnxruntime";
+    else if (is_engine(artifact)) backend = "tensorrt";
     else fail(SPECDET_ERROR_INVALID_ARGUMENT, "cannot tell the backend of " + artifact +
                                                   " from its suffix: set the option backend (onnxruntime, tensorrt)");
   }
   if (backend == "onnxruntime") return open_onnxruntime(artifact, options);
-  return open_tensorrt(artifact, options);
+  // An engine's manifest is a file beside it, so it is found before the backend opens: a library
+  // built without TensorRT reports a missing or broken one as a build with it (and Python) does.
+  std::unique_ptr<Manifest> named = manifest_from_options(options);
+  return open_tensorrt(artifact, options, named ? std::move(*named) : find_manifest(artifact, nullptr));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -27,7 +28,7 @@ const char* const kRequired[] = {"format", "version", "artifact", "architecture"
 
 bool positive_int(const json& v) { return v.is_number_integer() && v.get<int64_t>() > 0; }
 
-// The last path component without its final suffix, and the folder with its trailing slash.
+// The folder with its trailing slash, and the last path component.
 std::string folder_of(const std::string& path) {
   const auto slash = path.find_last_of('/');
   return slash == std::string::npos ? "" : path.substr(0, slash + 1);
@@ -142,24 +143,34 @@ Manifest parse_manifest(const std::string& text, const std::string& source) {
   return m;
 }
 
-std::vector<std::string> sidecar_paths(const std::string& artifact) {
-  const std::string name = name_of(artifact), folder = folder_of(artifact);
+std::string lower_suffix(const std::string& path) {
+  const std::string name = name_of(path);
   const auto dot = name.find_last_of('.');
-  const std::string suffix = dot == std::string::npos ? "" : lower(name.substr(dot));
-  std::vector<std::string> paths{artifact + ".specdet.json"};
-  if (suffix == ".engine" || suffix == ".plan")
-    paths.push_back(artifact + ".json");
-  else
-    paths.push_back(folder + (dot == std::string::npos || dot == 0 ? name : name.substr(0, dot)) + ".json");
-  return paths;
+  return dot == std::string::npos || dot == 0 || dot + 1 == name.size() ? "" : lower(name.substr(dot));
 }
 
-Manifest read_sidecar(const std::string& artifact) {
-  const auto paths = sidecar_paths(artifact);
-  for (const auto& path : paths)
-    if (file_exists(path)) return parse_manifest(read_file(path), path);
-  fail(SPECDET_ERROR_MANIFEST, "no manifest in " + name_of(artifact) + " nor beside it (" + name_of(paths[0]) + ", " +
-                                   name_of(paths[1]) + "): re-export it with detect-export");
+bool is_engine(const std::string& path) {
+  const std::string suffix = lower_suffix(path);
+  return suffix == ".engine" || suffix == ".plan";
+}
+
+Manifest find_manifest(const std::string& artifact, const std::function<std::unique_ptr<Manifest>()>& embedded) {
+  const std::string name = name_of(artifact);
+  if (is_engine(artifact)) {
+    const std::string sidecar = artifact + ".json";
+    if (!file_exists(sidecar))
+      fail(SPECDET_ERROR_MANIFEST, "no manifest " + name_of(sidecar) + " beside " + name + ": rebuild it with detect-build");
+    return parse_manifest(read_file(sidecar), sidecar);
+  }
+  if (embedded)
+    if (std::unique_ptr<Manifest> inside = embedded()) return std::move(*inside);
+  // Older exports kept it as <stem>.json (pathlib's with_suffix: "model.onnx" -> "model.json").
+  const std::string stem = name.substr(0, lower_suffix(name).empty() ? name.size() : name.find_last_of('.'));
+  const std::string legacy = folder_of(artifact) + stem + ".json";
+  if (!file_exists(legacy))
+    fail(SPECDET_ERROR_MANIFEST, name + " carries no specdet manifest (ONNX metadata " + kMetadataKey +
+                                     ") and has no " + name_of(legacy) + " beside it: re-export it with detect-export");
+  return parse_manifest(read_file(legacy), legacy);
 }
 
 bool file_exists(const std::string& path) {

@@ -3,8 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
-#include <vector>
 
 #include "preprocess.hpp"
 
@@ -28,12 +29,19 @@ inline constexpr const char* kMetadataKey = "specdet.manifest";
 // Parse and validate; `source` names the origin in messages. Throws SPECDET_ERROR_MANIFEST.
 Manifest parse_manifest(const std::string& text, const std::string& source);
 
-// Sidecar candidates for an artifact, in the order they are tried: <file>.specdet.json, then
-// <stem>.json for ONNX files or <file>.json for engines (.engine, .plan).
-std::vector<std::string> sidecar_paths(const std::string& artifact);
+// The last suffix of a path's file name, lowercased, as Python's pathlib takes it ("" for "model",
+// ".onnx" or "model."), so both runtimes tell engines from ONNX files alike.
+std::string lower_suffix(const std::string& path);
 
-// The first existing sidecar's text and path; throws SPECDET_ERROR_MANIFEST naming them if none.
-Manifest read_sidecar(const std::string& artifact);
+// An engine (.engine, .plan): it cannot carry its manifest.
+bool is_engine(const std::string& path);
+
+// The artifact's manifest, in the lookup order both runtimes follow (README "Checkpoints and
+// manifests", Manifest.read in specdet/manifest.py): an engine's is <file>.json beside it and nowhere
+// else; any other file's (ONNX) is the one it carries, which `embedded` reads (nullptr: none; an
+// empty function: the file cannot carry one), else <stem>.json beside it (older exports), which is
+// not opened when the file carries one. None found: SPECDET_ERROR_MANIFEST, with Python's line.
+Manifest find_manifest(const std::string& artifact, const std::function<std::unique_ptr<Manifest>()>& embedded);
 
 // Read a file whole; throws SPECDET_ERROR_IO.
 std::string read_file(const std::string& path);

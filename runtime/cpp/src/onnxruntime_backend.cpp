@@ -129,23 +129,12 @@ class OnnxRuntimeBackend final : public Backend {
  private:
   // The session's optimisation level depends on the precision, which the manifest tells, and the
   // embedded manifest can only be read from a session: the first session is made at the level a
-  // sidecar suggests (or the level safe for both precisions) and remade only when it was wrong.
+  // named manifest gives (else the level safe for both precisions) and remade only when it was wrong.
   void open(const std::string& artifact, const Options& options) {
     std::unique_ptr<Manifest> named = manifest_from_options(options);
-    std::unique_ptr<Manifest> sidecar;
-    if (!named)
-      for (const auto& path : sidecar_paths(artifact))
-        if (file_exists(path)) {
-          sidecar = std::make_unique<Manifest>(parse_manifest(read_file(path), path));
-          break;
-        }
-    const std::string guess = named ? named->precision : sidecar ? sidecar->precision : "fp16";
+    const std::string guess = named ? named->precision : "fp16";
     create_session(artifact, options, guess);
-    std::unique_ptr<Manifest> embedded = named ? nullptr : embedded_manifest(artifact);
-    if (named) manifest_ = std::move(*named);
-    else if (embedded) manifest_ = std::move(*embedded);  // the file itself wins over a sidecar
-    else if (sidecar) manifest_ = std::move(*sidecar);
-    else manifest_ = read_sidecar(artifact);  // throws the "no manifest" error
+    manifest_ = named ? std::move(*named) : find_manifest(artifact, [&] { return embedded_manifest(artifact); });
     if ((manifest_.precision == "fp16") != (guess == "fp16")) {
       release_session();
       create_session(artifact, options, manifest_.precision);

@@ -70,9 +70,8 @@ struct Slot {
 
 class TensorRTBackend final : public Backend {
  public:
-  TensorRTBackend(const std::string& artifact, const Options& options) : options_(options) {
-    std::unique_ptr<Manifest> named = manifest_from_options(options);
-    manifest_ = named ? std::move(*named) : read_sidecar(artifact);
+  TensorRTBackend(const std::string& artifact, const Options& options, Manifest manifest)
+      : options_(options), manifest_(std::move(manifest)) {
     const nlohmann::json data = nlohmann::json::parse(manifest_.text);
     const nlohmann::json engine = data.value("engine", nlohmann::json());
     if (!engine.is_object())
@@ -244,8 +243,8 @@ class TensorRTBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> open_tensorrt(const std::string& artifact, const Options& options) {
-  return std::make_unique<TensorRTBackend>(artifact, options);
+std::unique_ptr<Backend> open_tensorrt(const std::string& artifact, const Options& options, Manifest manifest) {
+  return std::make_unique<TensorRTBackend>(artifact, options, std::move(manifest));
 }
 
 }  // namespace specdet

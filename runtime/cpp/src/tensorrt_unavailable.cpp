@@ -5,7 +5,7 @@
 
 namespace specdet {
 
-std::unique_ptr<Backend> open_tensorrt(const std::string& artifact, const Options&) {
+std::unique_ptr<Backend> open_tensorrt(const std::string& artifact, const Options&, Manifest) {
   fail(SPECDET_ERROR_UNSUPPORTED, "cannot run " + artifact +
                                       ": this libspecdet_runtime was built without TensorRT; rebuild with "
                                       "-DSPECDET_WITH_TENSORRT=ON -DTensorRT_ROOT=DIR on a machine with TensorRT");

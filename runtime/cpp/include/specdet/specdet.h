@@ -100,8 +100,8 @@ SPECDET_API void specdet_options_destroy(specdet_options* options);
  *   "onnxruntime_library"  path of libonnxruntime.so (default: $SPECDET_ONNXRUNTIME_LIBRARY, else the
  *                          library found at build time in the onnxruntime Python wheel, else
  *                          "libonnxruntime.so.1" from the dynamic loader's search path)
- *   "manifest"             path of the manifest JSON (default: inside the .onnx, else
- *                          <file>.specdet.json, else <stem>.json; engines: <file>.json)
+ *   "manifest"             path of the manifest JSON (default, as the Python runtime: inside the
+ *                          .onnx, else <stem>.json beside it; engines: <file>.json beside them)
  *   "plugin_library"       TensorRT: our plugin library to load before deserialising (default: the
  *                          manifest's engine.plugins)
  *   "tensorrt_library"     TensorRT: the runtime library (default: libnvinfer.so.<major of the headers>,
