@@ -14,7 +14,8 @@ import pytest
 
 import tiny_exports
 from specdet.errors import SpecdetError
-from specdet.export import artifact, cli, int8
+from specdet.export import artifact, cli
+from specdet.export.precision import int8
 from specdet.files import file_sha256
 from specdet.manifest import Manifest
 from specdet.runtime import Detector
