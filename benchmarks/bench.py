@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from specdet.benchmarks import accuracy, machine, peaks, stats, timing, variants
+from specdet.benchmarks import accuracy, loading, machine, peaks, stats, timing, variants
 from specdet.benchmarks import images as image_sets
 from specdet.benchmarks.progress import Progress
 from specdet.errors import SpecdetError
@@ -139,7 +139,7 @@ def _plan(config: Config) -> tuple[Path, list[tuple[variants.Variant, Path]]]:
     return checkpoint, pairs
 
 
-def _load(checkpoint: Path, pairs, threads: int | None, progress: Progress) -> list[variants.Loaded]:
+def _load(checkpoint: Path, pairs, threads: int | None, progress: Progress) -> list[loading.Loaded]:
     """Every variant loaded; the reference first (always loaded, timed only when selected)."""
     reference = (variants.VARIANTS[variants.REFERENCE], checkpoint)
     to_load = [reference] + [p for p in pairs if p != reference]
@@ -148,7 +148,7 @@ def _load(checkpoint: Path, pairs, threads: int | None, progress: Progress) -> l
     try:
         for variant, artifact in to_load:
             progress.note(f"loading {variant.name} {artifact.name}")
-            loaded.append(variants.load(variant, artifact, threads))
+            loaded.append(loading.load(variant, artifact, threads))
             progress.advance()
         _check_same_model(loaded[0], loaded)
     except BaseException:
@@ -284,7 +284,7 @@ def _parent_checkpoints(artifact: Path) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _check_same_model(reference: variants.Loaded, loaded: Sequence[variants.Loaded]) -> None:
+def _check_same_model(reference: loading.Loaded, loaded: Sequence[loading.Loaded]) -> None:
     want = reference.runner.info.architecture
     for item in loaded:
         if item.runner.info.architecture != want:
@@ -297,12 +297,12 @@ def _check_same_model(reference: variants.Loaded, loaded: Sequence[variants.Load
 # ---- helpers --------------------------------------------------------------------
 
 
-def _accuracy_batch(item: variants.Loaded, sizes: Sequence[int]) -> int:
+def _accuracy_batch(item: loading.Loaded, sizes: Sequence[int]) -> int:
     limit = item.runner.info.max_batch
     return min(max(sizes), limit) if limit else max(sizes)
 
 
-def _flops(reference: variants.Loaded, pixels: np.ndarray) -> int | None:
+def _flops(reference: loading.Loaded, pixels: np.ndarray) -> int | None:
     import torch
 
     from specdet.benchmarks.flops import flops_per_image
@@ -324,12 +324,12 @@ def _preprocessing_note(image_set: image_sets.ImageSet) -> str:
     return f"specdet.runtime.preprocess: {kind}resize, centre crop, normalise; one process, no threads"
 
 
-def _subject(item: variants.Loaded, data: np.ndarray) -> timing.Subject:
+def _subject(item: loading.Loaded, data: np.ndarray) -> timing.Subject:
     batch = data.astype(item.input_dtype, copy=False)
     return timing.Subject(item.id, lambda: item.runner.infer(batch), item.clock(), item.memory_probe())
 
 
-def _latency_row(item: variants.Loaded, batch: int, samples: timing.Samples) -> dict[str, Any]:
+def _latency_row(item: loading.Loaded, batch: int, samples: timing.Samples) -> dict[str, Any]:
     return {
         "variant": item.id,
         "batch": batch,
@@ -356,7 +356,7 @@ def _relate(rows: list[dict], reference_id: str, flops: int | None, peak: dict[s
         row["fraction_of_peak"] = flops * row["images_per_s"] / ops if flops and ops else None
 
 
-def _variant_row(item: variants.Loaded, timed: bool) -> dict[str, Any]:
+def _variant_row(item: loading.Loaded, timed: bool) -> dict[str, Any]:
     return {
         "id": item.id,
         "variant": item.variant.name,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from specdet.benchmarks import machine, variants
+from specdet.benchmarks import loading, machine, variants
 from specdet.files import atomic_write
 from specdet.runtime.pipeline import InputPipeline
 from specdet.runtime.preprocess import normalise
@@ -73,7 +73,7 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
     """Time files-to-probabilities of ``artifact`` under ``variant_name`` for each worker count."""
     variant = variants.VARIANTS[variant_name]
     paths = [str(p) for p in files]
-    loaded = variants.load(variant, artifact, threads)
+    loaded = loading.load(variant, artifact, threads)
     runner = loaded.runner
     try:
         spec = runner.info.preprocessing

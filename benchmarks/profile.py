@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from specdet.benchmarks.variants import Loaded
+from specdet.benchmarks.loading import Loaded
 
 
 def op_shares(item: Loaded, batch: np.ndarray, top: int = 8) -> list[dict] | None:

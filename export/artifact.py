@@ -125,7 +125,7 @@ def _check_onnx_output(output: str | os.PathLike, inputs: tuple[str | os.PathLik
 
 
 def _require_fp16() -> None:
-    from specdet.export.fp16 import require_converter
+    from specdet.export.precision.fp16 import require_converter
 
     require_converter()
 
@@ -144,12 +144,12 @@ def convert_to_fp16(
 
     FP32 islands are chosen by measurement on calibration images (``calibration``:
     a folder, ``count`` images spread over it; default: scikit-image's sample
-    photos). Returns the :class:`~specdet.export.fp16.PrecisionReport`,
+    photos). Returns the :class:`~specdet.export.precision.fp16.Fp16Report`,
     also written into the manifest (``fp32_islands``, ``fp16``).
     ``keep_parent=False`` when the FP32 file is a temporary (the manifest then
     names the checkpoint as parent).
     """
-    from specdet.export import fp16
+    from specdet.export.precision import fp16
 
     _require_fp16()
     return _convert(onnx_path, output, "fp16", calibration=calibration, count=count, progress=progress,
@@ -171,11 +171,11 @@ def convert_to_int8(
     """An exported FP32 ``.onnx`` to an INT8 QDQ ``.onnx``, each with its manifest inside.
 
     Calibration images and ``keep_parent`` as for :func:`convert_to_fp16`;
-    FP32 islands chosen by measurement (see :mod:`specdet.export.int8`).
-    Returns the :class:`~specdet.export.int8.Int8Report`, also written into the
+    FP32 islands chosen by measurement (see :mod:`specdet.export.precision.int8`).
+    Returns the :class:`~specdet.export.precision.int8.Int8Report`, also written into the
     manifest (``fp32_islands``, ``int8``).
     """
-    from specdet.export import int8
+    from specdet.export.precision import int8
 
     if tolerance is not None and not 0.0 < tolerance <= 1.0:
         raise SpecdetError(f"the INT8 tolerance is a probability difference in (0, 1], got {tolerance:g}")

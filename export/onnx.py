@@ -48,7 +48,7 @@ class ExportResult:
     max_batch: int
     validation: ValidationReport
     seconds: float  # every stage, start to finish
-    precision: object = None  # FP16 exports: specdet.export.fp16.PrecisionReport
+    precision: object = None  # FP16 and INT8 exports: a specdet.export.precision.report.PrecisionReport
     stages: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage, when there are several
 
     @property

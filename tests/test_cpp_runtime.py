@@ -296,13 +296,13 @@ def test_readme_cpp_example_compiles_and_runs(cpp, tiny_onnx, image_dir, tmp_pat
 
 
 def test_bench_variant_runs_the_library(cpp, tiny_onnx):
-    from specdet.benchmarks import variants
+    from specdet.benchmarks import loading, variants
     from specdet.runtime import create_runner
 
     assert "cpp-onnxruntime" not in [v.name for v, _ in variants.select(["onnxruntime"], tiny_onnx, [tiny_onnx],
                                                                         strict=False)]
     (pair,) = variants.select(["cpp-onnxruntime"], tiny_onnx, [tiny_onnx], strict=True)
-    loaded = variants.load(*pair, threads=1)
+    loaded = loading.load(*pair, threads=1)
     batch = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     ours = loaded.runner.infer(batch)
     theirs = create_runner(tiny_onnx, "onnxruntime").infer(batch)

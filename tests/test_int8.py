@@ -14,7 +14,8 @@ import pytest
 
 import tiny_exports
 from specdet.errors import SpecdetError
-from specdet.export import artifact, cli, int8
+from specdet.export import artifact, cli
+from specdet.export.precision import int8
 from specdet.files import file_sha256
 from specdet.manifest import Manifest
 from specdet.runtime import Detector
@@ -220,7 +221,7 @@ def test_cli_checks_the_calibration_folder_before_exporting(tmp_path, capsys):
 
 def test_benchmark_rows_of_an_int8_file_in_openvino_are_measured_against_the_int8_peak():
     pytest.importorskip("openvino")
-    from specdet.benchmarks import peaks, variants
+    from specdet.benchmarks import loading, peaks, variants
 
     path = tiny_exports.exported("rine_ssca_tiny", "matmul", "int8")
     names = {"openvino-cpu": "int8", "openvino-cpu-bf16": "int8+bf16"}
@@ -228,7 +229,7 @@ def test_benchmark_rows_of_an_int8_file_in_openvino_are_measured_against_the_int
         variant = variants.VARIANTS[name]
         if variant.requires():  # bf16 needs a CPU with BF16 instructions
             continue
-        loaded = variants.load(variant, path, threads=1)
+        loaded = loading.load(variant, path, threads=1)
         try:
             assert loaded.facts["precision"] == expected and loaded.facts["artifact_precision"] == "int8"
             assert peaks.row_precision(loaded.facts["precision"]) == "int8"

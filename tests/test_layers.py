@@ -3,7 +3,7 @@
 From the bottom: the core (``specdet/*.py``: errors, files, manifest,
 checkpoint, images, versions, tensorrt, cli helpers), ``models``, ``kernels``,
 ``runtime``, ``serve``, ``export``, ``train``, ``benchmarks``, and ``specdet.demo`` on
-top. Every import in every module is checked, those inside functions too (a
+top. Every import in every module is checked, in subfolders and inside functions too (a
 lazy import still ties the layers together).
 """
 
@@ -48,20 +48,34 @@ def upward_imports(module: str, source: str, is_package: bool = False) -> list[s
 
 
 def modules() -> list[tuple[str, Path]]:
-    """Every installed module as (dotted name, file), from pyproject's package-dir."""
+    """Every module as (dotted name, file): each folder of pyproject's package-dir, subfolders included.
+
+    A module in a subfolder has the layer of its folder (``export/precision/int8.py`` is
+    ``specdet.export.precision.int8``, layer ``specdet.export``). That holds for
+    ``serve/templates/model.py`` too, though it is package data, not an importable module:
+    detect-triton copies it into each Python-backend model and Triton's stub imports it as
+    ``model``. It imports only the standard library and ``specdet.serve.python_models``, so it
+    belongs to serve; an import of export, train or benchmarks there would load them into every
+    Triton model instance, and the check names it as pointing up.
+    """
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     folders = config["tool"]["setuptools"]["package-dir"]
     found = []
     for package, folder in folders.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
-            found.append((name, path))
+        root = ROOT / folder
+        for path in sorted(root.rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found.append((".".join((package, *parts)), path))
     return found
 
 
 def test_every_package_is_checked():
     names = {name for name, _ in modules()}
     assert {"specdet.manifest", "specdet.runtime.base", "specdet.export.engine", "specdet.demo"} <= names
+    # Modules in subfolders: a package, a module of a subpackage, and the Triton template (package data).
+    assert {"specdet.export.precision", "specdet.runtime.cpp.binding", "specdet.serve.templates.model"} <= names
     assert len(names) > 60
 
 

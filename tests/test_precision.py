@@ -19,12 +19,12 @@ from onnx import numpy_helper
 import tiny_exports
 from specdet.errors import SpecdetError
 from specdet.export import artifact, cli, dft_matrices
-from specdet.export.fp16 import DEFAULT_TOLERANCE, to_fp16
-from specdet.export.fp16.convert import convert_to_fp16
-from specdet.export.fp16.islands import find_groups, output_head
-from specdet.export.fp16.measure import run_model, storage_twin
-from specdet.export.fp16.spectral import is_dft_matrix
 from specdet.export.onnx import export_onnx
+from specdet.export.precision.fp16 import DEFAULT_TOLERANCE, to_fp16
+from specdet.export.precision.fp16_convert import convert_to_fp16
+from specdet.export.precision.islands import find_groups, output_head
+from specdet.export.precision.measure import run_model, storage_twin
+from specdet.export.precision.spectral import is_dft_matrix
 from specdet.manifest import Manifest
 from specdet.runtime import Detector
 

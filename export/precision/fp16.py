@@ -1,4 +1,4 @@
-"""Choosing the FP32 islands by measurement: the trial loop behind :func:`to_fp16`, and its report.
+"""FP16 files: :func:`to_fp16`, choosing the FP32 islands by measurement, and its report.
 
 Starting from every candidate group in FP32 (and everything else in FP16),
 each candidate group is released to FP16 in turn and kept in FP16 only when
@@ -17,11 +17,12 @@ import onnx
 
 from specdet.compare import Agreement
 from specdet.errors import SpecdetError
-from specdet.export.fp16.convert import convert_to_fp16
-from specdet.export.fp16.graph import FLOAT16, name_nodes
-from specdet.export.fp16.islands import RANGE_LIMIT, Group, find_groups, range_islands
-from specdet.export.fp16.measure import agreement, run_model, storage_twin
-from specdet.export.island_search import Trial, search_islands
+from specdet.export.precision.fp16_convert import convert_to_fp16
+from specdet.export.precision.graph import FLOAT16, name_nodes
+from specdet.export.precision.islands import RANGE_LIMIT, Group, find_groups, range_islands
+from specdet.export.precision.measure import agreement, run_model, storage_twin
+from specdet.export.precision.report import PrecisionReport
+from specdet.export.precision.search import search_islands
 
 CONVERTER = "onnxconverter-common"
 # Largest probability difference (FP16 file vs FP32 file) a released group may leave.
@@ -29,42 +30,26 @@ DEFAULT_TOLERANCE = 0.005
 
 
 @dataclasses.dataclass
-class PrecisionReport:
+class Fp16Report(PrecisionReport):
     converter: str
-    tolerance: float
-    range_limit: float
-    calibration: str
-    islands: list[Group]  # every group left in FP32
-    released: list[str]  # candidate groups measured safe in FP16
-    trials: list[Trial]
-    agreement: Agreement  # the written file vs FP32, FP16 storage emulated (see storage_twin)
+    range_limit: float  # magnitude above which a node is a range island (see range_islands)
     agreement_onnxruntime: Agreement  # the written file as ONNX Runtime's CPU provider runs it
     fp32_nodes: int
-    nodes: int
-    seconds: float
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def island_summary(self) -> list[dict]:
-        """The manifest's ``fp32_islands``: name, reason and node names of each FP32 group."""
-        return [{"name": g.name, "reason": g.reason, "forced": g.forced, "nodes": g.nodes} for g in self.islands]
+    # ``agreement`` (the shared field): the written file vs FP32, FP16 storage emulated (see storage_twin)
 
     def lines(self) -> list[str]:
         a = self.agreement
         b = self.agreement_onnxruntime
-        out = [
+        return [
             f"  FP16 vs FP32 on {a.images} calibration images ({self.calibration}), FP16 storage emulated: largest "
             f"probability difference {_number(a.max_prob_diff)}, largest logit difference "
             f"{_number(a.max_logit_diff)}, decision agreement {100 * a.decision_agreement:.1f}%",
             f"  the file as ONNX Runtime (CPU) runs it: largest probability difference {_number(b.max_prob_diff)}, "
             f"decision agreement {100 * b.decision_agreement:.1f}%",
             f"  {self.fp32_nodes} of {self.nodes} nodes stay FP32:",
+            *self._island_lines(),
+            *self._released_lines("FP16"),
         ]
-        out += [f"    {g.name} ({len(g.nodes)} nodes): {g.reason}" for g in self.islands] or ["    none"]
-        if self.released:
-            out.append(f"  measured safe in FP16: {', '.join(self.released)}")
-        return out
 
 
 def _number(value: float | None) -> str:
@@ -81,7 +66,7 @@ def to_fp16(
     tolerance: float = DEFAULT_TOLERANCE,
     range_limit: float = RANGE_LIMIT,
     progress: Callable[[str], None] | None = None,
-) -> tuple[onnx.ModelProto, PrecisionReport]:
+) -> tuple[onnx.ModelProto, Fp16Report]:
     """Convert the FP32 ``model`` to mixed precision, choosing its FP32 islands by measurement on ``batches``.
 
     ``batches`` are preprocessed calibration images (each within the model's
@@ -114,7 +99,7 @@ def to_fp16(
                            say=say)
     say("running the chosen file as ONNX Runtime does")
     as_is = agreement(reference, run_model(found.model.SerializeToString(), batches, input_name, fp16=True), threshold)
-    report = PrecisionReport(
+    report = Fp16Report(
         converter=f"{CONVERTER} {_version('onnxconverter-common')}",
         tolerance=tolerance,
         range_limit=range_limit,

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from specdet.compare import Agreement, compare
-from specdet.export.fp16.graph import FLOAT16
+from specdet.export.precision.graph import FLOAT16
 
 
 def session(model_bytes: bytes, *, fp16: bool, unoptimised: bool = False) -> ort.InferenceSession:

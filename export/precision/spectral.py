@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from specdet.export.fp16.graph import constant_ancestors, consumers, producers, trace_constant
+from specdet.export.precision.graph import constant_ancestors, consumers, producers, trace_constant
 
 REDUCTIONS = {
     "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",

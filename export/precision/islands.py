@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from specdet.export.fp16.graph import (
+from specdet.export.precision.graph import (
     FLOAT,
     FP16_MAX,
     constant_values,
@@ -35,8 +35,8 @@ from specdet.export.fp16.graph import (
     small_constants,
     without_weights,
 )
-from specdet.export.fp16.measure import session
-from specdet.export.fp16.spectral import REDUCTIONS, SPECTRAL_PASS, spectral_region
+from specdet.export.precision.measure import session
+from specdet.export.precision.spectral import REDUCTIONS, SPECTRAL_PASS, spectral_region
 from specdet.tensorrt import PLUGIN_DOMAIN
 
 # Magnitude above which a node's inputs or outputs make it a range island (FP16 max: 65,504).

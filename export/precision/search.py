@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from specdet.compare import Agreement
 from specdet.errors import SpecdetError
-
-if TYPE_CHECKING:  # only for annotations: specdet.export.fp16 imports this module
-    from specdet.export.fp16.islands import Group
+from specdet.export.precision.islands import Group
 
 
 @dataclasses.dataclass

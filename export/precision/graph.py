@@ -1,4 +1,4 @@
-"""ONNX graph helpers of the FP16 conversion: types, node names, producers and consumers, constants, shapes."""
+"""ONNX graph helpers of the FP16 and INT8 conversions: types, node names, producers and consumers, constants, shapes."""
 
 from __future__ import annotations
 

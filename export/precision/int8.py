@@ -14,7 +14,7 @@ reads it as explicit quantisation. Choices, each for a reason:
   quantising the residual additions and elementwise arithmetic too doubled
   the probability error of ``dual_branch_tiny`` (0.031 vs 0.003, every
   island in FP32) for no speed;
-- FP32 islands, as :mod:`specdet.export.fp16` chooses them: the output head
+- FP32 islands, as :mod:`specdet.export.precision.fp16` chooses them: the output head
   and plugin nodes always; the spectral lowering (the ``matmul`` FFT's DFT
   products), ``Softmax`` and ``LayerNormalization`` only where releasing them
   to INT8 moves a probability further than the tolerance from the FP32 file
@@ -36,10 +36,11 @@ import onnxruntime as ort
 
 from specdet.compare import Agreement
 from specdet.errors import SpecdetError
-from specdet.export.fp16.graph import name_nodes
-from specdet.export.fp16.islands import Group, find_groups
-from specdet.export.fp16.measure import agreement, run_model
-from specdet.export.island_search import Trial, search_islands
+from specdet.export.precision.graph import name_nodes
+from specdet.export.precision.islands import Group, find_groups
+from specdet.export.precision.measure import agreement, run_model
+from specdet.export.precision.report import PrecisionReport
+from specdet.export.precision.search import search_islands
 
 # Largest probability difference (INT8 file vs FP32 file) the file may leave on the calibration images: the
 # issue's fidelity goal. INT8 moves the tiny detectors' probabilities by 1e-3 to 1e-2, FP16 by 1e-5.
@@ -61,27 +62,13 @@ _AFTER_RELU_REASON = ("ops whose input is a ReLU's output: forced FP32, OpenVINO
 
 
 @dataclasses.dataclass
-class Int8Report:
+class Int8Report(PrecisionReport):
     quantizer: str
     scheme: str
-    tolerance: float
-    calibration: str
-    islands: list[Group]  # every group left in FP32
-    released: list[str]  # candidate groups measured safe in INT8
-    trials: list[Trial]
-    agreement: Agreement  # the written file vs the FP32 file, both in ONNX Runtime on the CPU
     # The written file in each other CPU runtime installed ("openvino 2026.4.1"), or why it cannot run there.
     other_runtimes: dict[str, Agreement | str]
     quantized_nodes: int  # nodes of QUANTIZED_OPS running on INT8 inputs
-    nodes: int  # nodes of the FP32 file
-    seconds: float
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def island_summary(self) -> list[dict]:
-        """The manifest's ``fp32_islands``: name, reason and node names of each FP32 group."""
-        return [{"name": g.name, "reason": g.reason, "forced": g.forced, "nodes": g.nodes} for g in self.islands]
+    # ``agreement`` (the shared field): the written file vs the FP32 file, both in ONNX Runtime on the CPU
 
     def lines(self) -> list[str]:
         a = self.agreement
@@ -90,8 +77,8 @@ class Int8Report:
             f"{a.max_prob_diff:.2e}, largest logit difference {a.max_logit_diff:.2e}, decision agreement "
             f"{100 * a.decision_agreement:.1f}% (ONNX Runtime)",
             f"  {self.quantized_nodes} nodes quantised ({self.scheme}); FP32 islands:",
+            *self._island_lines(),
         ]
-        out += [f"    {g.name} ({len(g.nodes)} nodes): {g.reason}" for g in self.islands] or ["    none"]
         for runtime, b in self.other_runtimes.items():
             if isinstance(b, str):
                 out.append(f"  in {runtime}: {b}")
@@ -99,9 +86,7 @@ class Int8Report:
             verdict = "within" if b.max_prob_diff <= self.tolerance else "OUTSIDE"
             out.append(f"  in {runtime}: largest probability difference {b.max_prob_diff:.2e}, decision agreement "
                        f"{100 * b.decision_agreement:.1f}% ({verdict} the tolerance; islands are chosen in ONNX Runtime)")
-        if self.released:
-            out.append(f"  measured safe in INT8: {', '.join(self.released)}")
-        return out
+        return out + self._released_lines("INT8")
 
 
 def candidate_groups(model: onnx.ModelProto) -> list[Group]:

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from specdet.errors import SpecdetError
-from specdet.export.fp16.graph import (
+from specdet.export.precision.graph import (
     DETACH_BYTES,
     FLOAT,
     FLOAT16,

@@ -1,0 +1,122 @@
+"""The torch variants: a torch runner's module on a CUDA device, under autocast, compiled, through our kernels,
+or captured as CUDA graphs (:class:`TorchVariantRunner`), and the loader the registry builds them with."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from specdet.runtime import Runner, create_runner
+
+if TYPE_CHECKING:  # imported by the torch loaders when they run: torch is not needed to list variants
+    from specdet.runtime.torch_runner import TorchRunner
+
+
+class TorchVariantRunner(Runner):
+    """A torch runner's module run another way: on a CUDA device, under autocast, compiled, through our
+    kernels (``use_kernels``), or captured once per batch shape as a CUDA graph and replayed."""
+
+    name = "torch"
+
+    def __init__(self, base: TorchRunner, *, device: str = "cpu", autocast: Any = None, compile: bool = False,
+                 kernels: bool = False, cuda_graphs: bool = False):
+        import torch
+
+        super().__init__(base.artifact, base.info)
+        self._torch = torch
+        self._device = torch.device(device)
+        self._base = base  # owns the module: closed with this runner
+        module = base.module.to(self._device)
+        self._call = torch.compile(module, dynamic=False) if compile else module
+        self._autocast = autocast
+        self._kernels = kernels
+        if kernels:
+            from specdet.kernels.torch_ops import use_kernels
+
+            self._spectral_ops = use_kernels
+        else:
+            self._spectral_ops = contextlib.nullcontext
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # shape -> (graph, input, outputs)
+        self._pinned: dict[tuple[int, ...], Any] = {}  # crops shape -> pinned host buffer (_infer_crops)
+        self._cuda_graphs = cuda_graphs
+
+    def _forward(self, x):
+        torch = self._torch
+        # A graph replays the casts it captured; autocast's weight cache would hand it tensors freed after capture.
+        cast = (torch.autocast(self._device.type, dtype=self._autocast, cache_enabled=not self._cuda_graphs)
+                if self._autocast else contextlib.nullcontext())
+        with torch.inference_mode(), cast, self._spectral_ops():
+            return self._call(x)
+
+    def _graph(self, shape: tuple[int, ...]):
+        """The CUDA graph of one forward at ``shape``: warmed up on a side stream (cuFFT plans, workspaces), then captured."""
+        torch = self._torch
+        if shape not in self._graphs:
+            static = torch.zeros(shape, device=self._device)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._forward(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = self._forward(static)
+            self._graphs[shape] = (graph, static, outputs)
+        return self._graphs[shape]
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._run(self._torch.from_numpy(batch).to(self._device))
+
+    def _infer_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """On a GPU: the uint8 crops through a pinned buffer to the device (a quarter of the float bytes), normalised
+        there (the same float32 values as on the CPU: normalise_tensor)."""
+        if self._device.type != "cuda":
+            return super()._infer_crops(crops)
+        torch = self._torch
+        staging = self._pinned.get(crops.shape)
+        if staging is None:
+            staging = self._pinned[crops.shape] = torch.empty(crops.shape, dtype=torch.uint8, pin_memory=True)
+        staging.copy_(torch.from_numpy(crops))
+        return self.infer_device_crops(staging.to(self._device, non_blocking=True))
+
+    def infer_device_crops(self, crops) -> dict[str, np.ndarray]:
+        """Score uint8 ``[N, crop, crop, 3]`` crops already on this runner's device (GPU decoding)."""
+        from specdet.runtime.torch_runner import normalise_tensor
+
+        self.ensure_open()
+        return self._run(normalise_tensor(crops, self.info.preprocessing))
+
+    def _run(self, x) -> dict[str, np.ndarray]:
+        if self._cuda_graphs:
+            graph, static, (logit, probability) = self._graph(tuple(x.shape))
+            static.copy_(x)
+            graph.replay()
+        else:
+            logit, probability = self._forward(x)
+        return {"logit": logit.float().cpu().numpy(), "probability": probability.float().cpu().numpy()}
+
+    def _close(self) -> None:
+        self._graphs.clear()
+        self._pinned.clear()
+        del self._call
+        self._base.close()
+
+
+def torch_loader(device: str = "cpu", autocast: str | None = None, compile: bool = False, kernels: bool = False,
+                 cuda_graphs: bool = False):
+    """A variant's ``load(artifact, threads)``: the torch runner as it is, or wrapped as these options say."""
+    def load(artifact: Path, threads: int | None) -> Runner:
+        base = create_runner(artifact, "torch", threads=threads)
+        if device == "cpu" and autocast is None and not (compile or kernels or cuda_graphs):
+            return base
+        import torch
+
+        dtype = getattr(torch, autocast) if autocast else None
+        return TorchVariantRunner(base, device=device, autocast=dtype, compile=compile, kernels=kernels,
+                                  cuda_graphs=cuda_graphs)
+
+    return load
