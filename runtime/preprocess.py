@@ -106,7 +106,9 @@ def _decode(file: Path | io.BytesIO, name: object, max_pixels: int) -> tuple[Ima
             # Counted before decoding: counting seeks through the frames and back to the first.
             frames = getattr(image, "n_frames", 1)
             image.load()  # decode now, so a truncated file fails here and not later
-            return _to_rgb(ImageOps.exif_transpose(image)), frames
+            # In place: the image is ours, and a copy of every decoded photo costs the input workers time.
+            ImageOps.exif_transpose(image, in_place=True)
+            return _to_rgb(image), frames
     except FileNotFoundError as err:
         raise ImageError(name, "no such file") from err
     except IsADirectoryError as err:

@@ -206,3 +206,24 @@ def test_ctrl_c_leaves_no_worker_and_no_shared_memory(image_dir):
     assert not any(_alive(p) for p in pids)
     if os.path.isdir("/dev/shm"):
         assert set(os.listdir("/dev/shm")) <= shm
+
+
+def test_detect_predict_prints_the_same_with_any_worker_count(tiny_checkpoint, corpus, capsys):
+    from specdet.runtime.cli import main
+
+    outputs = []
+    for workers in ("0", "2"):
+        code = main([str(tiny_checkpoint), *corpus, "--csv", "--batch-size", "3", "--workers", workers])
+        outputs.append((code, *capsys.readouterr()))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0] == 1 and "skipped" in outputs[0][2]  # the corpus holds unreadable files
+
+
+@pytest.mark.parametrize("bad", ["-1", "257", "two"])
+def test_detect_predict_refuses_a_bad_worker_count_in_one_line(tiny_checkpoint, corpus, capsys, bad):
+    from specdet.runtime.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_checkpoint), corpus[0], "--workers", bad])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
