@@ -169,10 +169,21 @@ def image_crop(source: ImageSource, spec: dict[str, Any], max_pixels: int = MAX_
     (:mod:`specdet.runtime.pipeline`) hand over a quarter of the bytes and the
     normalisation can run where the model does.
     """
+    image, frames = decoded(source, spec, max_pixels)
+    return crop_pixels(image, spec), frames
+
+
+def decoded(source: ImageSource, spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, int]:
+    """The RGB image a crop is cut from and its number of frames, refused above ``max_pixels`` as stored or resized."""
     check_spec(spec)
     image, frames = _load(source, max_pixels)
     _check_pixels(source, resized_size(image.size, spec), max_pixels, "resized to")
-    return np.asarray(_resize_and_crop(image, spec), dtype=np.uint8), frames
+    return image, frames
+
+
+def crop_pixels(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    """An RGB image (:func:`decoded`) resized and centre-cropped with Pillow: ``[crop, crop, 3]`` uint8."""
+    return np.asarray(_resize_and_crop(image, spec), dtype=np.uint8)
 
 
 def normalise(crops: np.ndarray, spec: dict[str, Any]) -> np.ndarray:

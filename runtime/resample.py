@@ -1,0 +1,147 @@
+"""Pillow's resize and centre crop, byte for byte, in torch: so that the resize can run on a GPU.
+
+Pillow resamples in integer arithmetic (``libImaging/Resample.c``): per
+output pixel, filter weights computed in double, normalised, turned into
+22-bit fixed point (rounded away from zero); one pass per axis, each summing
+``pixel * weight`` from a rounding bias of ``1 << 21`` over uint8 input and
+clipping ``sum >> 22`` to 0..255. The horizontal pass comes first, unless
+the height shrinks by more than twice as many pixels as the width (Pillow
+12+; the C++ runtime's ``resample.cpp`` predates that rule). Here the weights
+are computed with NumPy in the same operation order (so the doubles round
+alike; the weight sum is accumulated tap by tap, not pairwise), and the
+passes run as integer gathers and sums in torch, on any device.
+
+Only the output pixels inside the centre crop are computed, from only the
+input rows and columns they read: each output pixel depends on its own
+weights and on the uint8 result of the first pass alone, so they equal
+Pillow's full resize followed by the crop
+(:func:`specdet.runtime.preprocess.image_crop`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from specdet.runtime.preprocess import crop_origin, resized_size
+
+PRECISION_BITS = 32 - 8 - 2
+_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
+
+
+def _kernel(name: str, x: np.ndarray) -> np.ndarray:
+    """Pillow's filters, in its operation order (Keys' cubic with a = -0.5; the triangle)."""
+    x = np.abs(x)
+    if name == "bilinear":
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    a = -0.5
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def coefficients(in_size: int, out_size: int, name: str, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for outputs ``first .. first + count``.
+
+    Returns ``(start [count] int64, weights [count, ksize] int32)``: output ``i``
+    sums input ``start[i] + j`` times ``weights[i, j]`` (zero past its taps).
+    """
+    scale = float(in_size) / out_size
+    filterscale = max(scale, 1.0)
+    support = _SUPPORT[name] * filterscale
+    ksize = int(np.ceil(support)) * 2 + 1
+    center = 0.0 + (np.arange(first, first + count, dtype=np.float64) + 0.5) * scale
+    ss = 1.0 / filterscale
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    inside = taps[None, :] < xmax[:, None]
+    offsets = (taps[None, :] + xmin[:, None]).astype(np.float64) - center[:, None] + 0.5
+    k = np.where(inside, _kernel(name, offsets * ss), 0.0)
+    ww = np.zeros(count)
+    for j in range(ksize):  # tap by tap, as Pillow adds them: a pairwise sum would round differently
+        ww = ww + k[:, j]
+    k = np.where(ww[:, None] != 0.0, k / np.where(ww == 0.0, 1.0, ww)[:, None], k)
+    v = k * (1 << PRECISION_BITS)
+    weights = np.trunc(np.where(k < 0, -0.5 + v, 0.5 + v)).astype(np.int32)
+    return xmin, np.where(inside, weights, 0).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class CropPlan:
+    """How to cut one image's centre crop from its full-size pixels: the input rows and columns it reads, each
+    axis's weights (None: that axis keeps its size, the crop takes input pixels as they are), the pass order."""
+
+    rows: tuple[int, int]  # input rows [first, last) that the crop reads
+    cols: tuple[int, int]  # input columns [first, last)
+    row_start: np.ndarray  # [crop] first input row of each output row, relative to rows[0]
+    row_weights: np.ndarray | None  # [crop, taps] int32
+    col_start: np.ndarray  # [crop] relative to cols[0]
+    col_weights: np.ndarray | None
+    vertical_first: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The shape of the input pixels :func:`resize_crop` takes."""
+        return self.rows[1] - self.rows[0], self.cols[1] - self.cols[0], 3
+
+
+def plan(size: tuple[int, int], spec: dict[str, Any]) -> CropPlan:
+    """The crop plan of an image of ``size`` (width, height) under the preprocessing ``spec``."""
+    width, height = size
+    new_width, new_height = resized_size(size, spec)
+    crop = spec["crop"]
+    left, top = crop_origin((new_width, new_height), crop)
+    axes = []
+    for in_size, out_size, first in ((height, new_height, top), (width, new_width, left)):
+        if in_size == out_size:
+            start = np.arange(first, first + crop, dtype=np.int64)
+            axes.append(((first, first + crop), start - first, None))
+            continue
+        start, weights = coefficients(in_size, out_size, spec["interpolation"], first, crop)
+        used = np.flatnonzero((weights != 0).any(axis=0))
+        weights = weights[:, :int(used.max()) + 1 if used.size else 1]
+        lo, hi = int(start.min()), int((start + weights.shape[1]).max())
+        axes.append(((lo, min(hi, in_size)), start - lo, weights))
+    (rows, row_start, row_weights), (cols, col_start, col_weights) = axes
+    # Pillow 12+ (Resample.c): vertical first when the height shrinks by more than twice the width's pixels.
+    vertical_first = (height - new_height) > 0 and (height - new_height) > (width - new_width) * 2
+    return CropPlan(rows, cols, row_start, row_weights, col_start, col_weights, vertical_first)
+
+
+def resize_crop(pixels, crop_plan: CropPlan):
+    """Apply ``crop_plan`` to ``pixels``, a torch uint8 tensor of :attr:`CropPlan.shape` holding exactly the plan's
+    input rows and columns (on any device): the ``[crop, crop, 3]`` uint8 centre crop, Pillow's bytes."""
+    steps = [(crop_plan.col_start, crop_plan.col_weights, 1), (crop_plan.row_start, crop_plan.row_weights, 0)]
+    if crop_plan.vertical_first:
+        steps.reverse()
+    for start, weights, axis in steps:
+        pixels = _take(pixels, start, axis) if weights is None else _pass(pixels, start, weights, axis)
+    return pixels
+
+
+def _take(x, start: np.ndarray, axis: int):
+    import torch
+
+    index = torch.as_tensor(start, device=x.device)
+    return x[:, index] if axis == 1 else x[index]
+
+
+def _pass(x, start: np.ndarray, weights: np.ndarray, axis: int):
+    """One fixed-point pass along ``axis`` (0: rows, 1: columns) of a uint8 ``[H, W, 3]`` tensor."""
+    import torch
+
+    device = x.device
+    taps = weights.shape[1]
+    index = np.minimum(start[:, None] + np.arange(taps)[None, :], x.shape[axis] - 1)  # past the taps: weight 0
+    index = torch.as_tensor(index, device=device)
+    w = torch.as_tensor(weights, device=device)
+    if axis == 1:
+        total = (x[:, index].to(torch.int32) * w[None, :, :, None]).sum(2)  # [H, out, 3], int64: cannot overflow
+    else:
+        total = (x[index].to(torch.int32) * w[:, :, None, None]).sum(1)
+    total = total + (1 << (PRECISION_BITS - 1))
+    # Pillow's clip8: 0 at or below zero, else the sum shifted down, at most 255.
+    return torch.where(total <= 0, 0, total >> PRECISION_BITS).clamp_(max=255).to(torch.uint8)
