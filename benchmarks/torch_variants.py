@@ -76,12 +76,41 @@ class TorchVariantRunner(Runner):
         there (the same float32 values as on the CPU: normalise_tensor)."""
         if self._device.type != "cuda":
             return super()._infer_crops(crops)
+        return self.infer_device_crops(self._to_device(crops, pinned=False))
+
+    def infer_batch(self, batch) -> dict[str, np.ndarray]:
+        """On a GPU: the batch's crops and regions to the device (straight from pinned slots when the pipeline
+        pinned them), the regions resized there with Pillow's arithmetic (runtime/resample.py), normalised, scored."""
+        if self._device.type != "cuda":
+            return super().infer_batch(batch)
+        self.ensure_open()
+        return self.infer_device_crops(self.device_crops(batch))
+
+    def device_crops(self, batch):
+        """The batch's uint8 ``[N, crop, crop, 3]`` crops on the device, its regions resized there."""
+        from specdet.runtime.resample import resize_crop
+
+        crops = self._to_device(batch.crops, batch.pinned)
+        if batch.regions:
+            end = max(offset + int(np.prod(plan.shape)) for _, offset, plan in batch.regions)
+            arena = self._to_device(batch.arena[:end], batch.pinned)
+            for position, offset, plan in batch.regions:
+                size = int(np.prod(plan.shape))
+                crops[position] = resize_crop(arena[offset:offset + size].view(plan.shape), plan)
+        return crops
+
+    def _to_device(self, array: np.ndarray, pinned: bool):
+        """``array`` on the device: asynchronously from pinned memory (the slot, or a staging buffer per shape of
+        crops); a pageable copy for the arena of an unpinned pipeline."""
         torch = self._torch
-        staging = self._pinned.get(crops.shape)
-        if staging is None:
-            staging = self._pinned[crops.shape] = torch.empty(crops.shape, dtype=torch.uint8, pin_memory=True)
-        staging.copy_(torch.from_numpy(crops))
-        return self.infer_device_crops(staging.to(self._device, non_blocking=True))
+        host = torch.from_numpy(array)
+        if not pinned and array.ndim == 4:
+            staging = self._pinned.get(array.shape)
+            if staging is None:
+                staging = self._pinned[array.shape] = torch.empty(array.shape, dtype=torch.uint8, pin_memory=True)
+            host = staging.copy_(host)
+            pinned = True
+        return host.to(self._device, non_blocking=pinned)
 
     def infer_device_crops(self, crops) -> dict[str, np.ndarray]:
         """Score uint8 ``[N, crop, crop, 3]`` crops already on this runner's device (GPU decoding)."""

@@ -22,6 +22,7 @@ import numpy as np
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_THREADS, check_count
 from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec, is_engine
+from specdet.runtime.pipeline import Batch, finish_crops
 from specdet.runtime.preprocess import normalise
 
 # Backend name -> "module:Class". Imported on first use, so a backend's
@@ -105,6 +106,11 @@ class Runner(abc.ABC):
             raise SpecdetError(f"crops are {shown}; {self.artifact.name} takes uint8 (N, {crop}, {crop}, 3): "
                                "read them with specdet.runtime.preprocess.image_crop")
         return _outputs(self._infer_crops(crops), crops.shape[0])
+
+    def infer_batch(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Score a batch the input pipeline read: its crops, with the regions it left for the device resized first
+        (here on the CPU; a runner on a GPU resizes them there, to the same bytes)."""
+        return self.infer_crops(finish_crops(batch))
 
     def _infer_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """Normalise on the CPU (:func:`~specdet.runtime.preprocess.normalise`) and run :meth:`infer`'s checks and

@@ -149,7 +149,7 @@ class Detector:
         results = [Result(path, error=error) for path, error in zip(batch.paths, batch.errors)]
         readable = batch.readable
         if readable:
-            scores = self._runner.infer_crops(batch.crops)
+            scores = self._runner.infer_batch(batch)
             for i, p, logit in zip(readable, scores["probability"].tolist(), scores["logit"].tolist()):
                 results[i] = Result(batch.paths[i], probability=p, label=self.label(p), logit=logit,
                                     frames=batch.frames[i])

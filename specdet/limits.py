@@ -20,6 +20,8 @@ MAX_BATCH = 65536
 MAX_WORKERS = 256
 # Shared memory for the input pipeline's batch slots: fewer slots (never under two) when batches are large.
 MAX_SLOT_BYTES = 1 << 30
+# Shared memory for the full-size pixels the GPU resizes (resize_on_device), all slots together.
+MAX_ARENA_BYTES = 2 << 30
 # 8000 x 8000: every camera photo fits; a decompression bomb (a small PNG whose
 # header claims 30000 x 30000) is refused from its header, before decoding.
 # Below Pillow's own warning threshold (about 89.5 megapixels).

@@ -18,7 +18,7 @@ from PIL import Image
 from specdet.errors import SpecdetError
 from specdet.runtime import Detector, pipeline
 from specdet.runtime.pipeline import InputPipeline
-from specdet.runtime.preprocess import ImageError, image_crop, image_pixels, normalise
+from specdet.runtime.preprocess import ImageError, decoded, image_crop, image_pixels, normalise
 
 SPEC = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "interpolation": "bicubic"}
@@ -120,9 +120,9 @@ def test_a_file_that_kills_its_worker_twice_costs_its_batch_only(corpus, monkeyp
     def crash_on_photo(path, spec, max_pixels):
         if path.endswith("photo.jpg"):
             os.kill(os.getpid(), signal.SIGKILL)
-        return image_crop(path, spec, max_pixels)
+        return decoded(path, spec, max_pixels)
 
-    monkeypatch.setattr(pipeline, "image_crop", crash_on_photo)  # the forked workers inherit it
+    monkeypatch.setattr(pipeline, "decoded", crash_on_photo)  # the forked workers inherit it
     lines = []
     with InputPipeline(SPEC, 64_000_000, 3, 2, report=lines.append) as pipe:
         got = [(p, e) for b in pipe.batches(corpus) for p, e in zip(b.paths, b.errors)]
@@ -139,9 +139,9 @@ def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path
     def counted(path, spec, max_pixels):
         with open(log, "a") as file:
             file.write("x")
-        return image_crop(path, spec, max_pixels)
+        return decoded(path, spec, max_pixels)
 
-    monkeypatch.setattr(pipeline, "image_crop", counted)
+    monkeypatch.setattr(pipeline, "decoded", counted)
     good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
     paths = (good * 40)[:120]
     with InputPipeline(SPEC, 64_000_000, 4, 2, depth=3) as pipe:
@@ -227,3 +227,28 @@ def test_detect_predict_refuses_a_bad_worker_count_in_one_line(tiny_checkpoint, 
         main([str(tiny_checkpoint), corpus[0], "--workers", bad])
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("room", [pipeline.ARENA_BYTES_PER_IMAGE, 1_000_000])
+def test_regions_left_for_the_device_give_the_serial_crops(corpus, monkeypatch, room):
+    """resize_on_device: the workers ship input regions, resized by the runner (here on the CPU, in torch); with
+    little room in the arena some images are cropped by the worker instead. Either way: Pillow's bytes."""
+    monkeypatch.setattr(pipeline, "ARENA_BYTES_PER_IMAGE", room)
+    out, shipped = [], 0
+    with InputPipeline(SPEC, 64_000_000, 4, 2, resize_on_device=True) as pipe:
+        for got in pipe.batches(corpus):
+            shipped += len(got.regions)
+            crops = iter(pipeline.finish_crops(got))
+            out.extend((e, None if e else next(crops).tobytes(), f) for e, f in zip(got.errors, got.frames))
+    assert out == _serial(corpus)
+    readable = sum(e is None for e, _, _ in out)
+    # With the default room every region fits; with less, the photo-size one does not and its worker crops it.
+    assert 0 < shipped == readable if room == pipeline.ARENA_BYTES_PER_IMAGE else 0 < shipped < readable
+
+
+def test_detector_scores_device_regions_as_crops(tiny_checkpoint, corpus):
+    with Detector(tiny_checkpoint) as detector:
+        serial = detector.predict_files(corpus, batch_size=4, workers=0)
+        with InputPipeline(detector.preprocessing, detector.max_pixels, 4, 2, resize_on_device=True) as pipe:
+            shipped = [r for batch in pipe.batches(corpus) for r in detector.score(batch)]
+    assert shipped == serial
