@@ -100,9 +100,9 @@ class ArtifactInfo:
 
 
 class Runner(abc.ABC):
-    """One loaded artifact. Subclasses take ``(artifact, options: RunnerOptions | None = None)``, load the
-    artifact, and pass what they learned to ``Runner.__init__``; :func:`create_runner` checks the options
-    (:meth:`check_options`) first.
+    """One loaded artifact. Subclasses take ``(artifact, options: RunnerOptions)``, load the artifact, and pass
+    what they learned to ``Runner.__init__``; :func:`create_runner` checks the options (:meth:`check_options`)
+    before it builds one.
 
     Life cycle (as Polygraphy's runners and ONNX Runtime sessions): a runner
     holds its backend's resources (session, module, engine, GPU memory) from
