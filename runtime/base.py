@@ -64,7 +64,7 @@ class RunnerOptions:
     providers: Sequence[str] | None = None  # onnxruntime: execution provider names, in order of preference
     plugins: Sequence[str | os.PathLike] | None = None  # tensorrt: plugin library files or folders searched first
     cuda_graphs: bool | None = None  # tensorrt: replay each batch size as a CUDA graph
-    inference_precision: str | None = None  # openvino: the precision it computes in (OpenVinoRunner.INFERENCE_PRECISIONS)
+    inference_precision: str | None = None  # openvino: the precision it computes in (openvino_runner.INFERENCE_PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.threads is not None:
