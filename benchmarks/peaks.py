@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from specdet.benchmarks import machine
 
-PRECISIONS = ("fp32", "bf16", "int8")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
 # AMX tiles: multiply-adds per cycle per core (16x16x32 BF16 / 16x16x64 INT8 in 16 cycles).

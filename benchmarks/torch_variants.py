@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from specdet.runtime import Runner, create_runner
+from specdet.runtime import Runner, RunnerOptions, create_runner
 
 if TYPE_CHECKING:  # imported by the torch loaders when they run: torch is not needed to list variants
     from specdet.runtime.torch_runner import TorchRunner
@@ -139,7 +139,7 @@ def torch_loader(device: str = "cpu", autocast: str | None = None, compile: bool
                  cuda_graphs: bool = False):
     """A variant's ``load(artifact, threads)``: the torch runner as it is, or wrapped as these options say."""
     def load(artifact: Path, threads: int | None) -> Runner:
-        base = create_runner(artifact, "torch", threads=threads)
+        base = create_runner(artifact, "torch", RunnerOptions(threads=threads))
         if device == "cpu" and autocast is None and not (compile or kernels or cuda_graphs):
             return base
         import torch

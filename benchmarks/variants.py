@@ -32,7 +32,7 @@ from pathlib import Path
 from specdet.benchmarks.cpp_variant import CppRunner
 from specdet.benchmarks.torch_variants import torch_loader
 from specdet.errors import SpecdetError
-from specdet.runtime import Runner, create_runner
+from specdet.runtime import Runner, RunnerOptions, create_runner
 from specdet.runtime.base import BACKEND_BY_SUFFIX, BACKEND_SUFFIXES, runner_class
 
 REFERENCE = "torch-fp32"
@@ -81,7 +81,7 @@ def _cuda_compiler() -> str | None:
 
 def _onnxruntime(*providers: str):
     def load(artifact: Path, threads: int | None) -> Runner:
-        return create_runner(artifact, "onnxruntime", threads=threads, providers=list(providers))
+        return create_runner(artifact, "onnxruntime", RunnerOptions(threads=threads, providers=providers))
 
     return load
 
@@ -97,9 +97,9 @@ def _onnxruntime_cuda() -> str | None:
 # ---- OpenVINO -----------------------------------------------------------------
 
 
-def _openvino(precision: str):
+def _openvino(inference_precision: str):
     def load(artifact: Path, threads: int | None) -> Runner:
-        return create_runner(artifact, "openvino", threads=threads, precision=precision)
+        return create_runner(artifact, "openvino", RunnerOptions(threads=threads, inference_precision=inference_precision))
 
     return load
 
@@ -127,7 +127,7 @@ def _openvino_bf16() -> str | None:
 
 def _engine(cuda_graphs: bool = False):
     def load(artifact: Path, threads: int | None) -> Runner:
-        return create_runner(artifact, "tensorrt", threads=threads, cuda_graphs=cuda_graphs)
+        return create_runner(artifact, "tensorrt", RunnerOptions(threads=threads, cuda_graphs=cuda_graphs))
 
     return load
 

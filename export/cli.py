@@ -10,9 +10,10 @@ from pathlib import Path
 import onnx
 
 from specdet import cli
-from specdet.export.artifact import PRECISIONS, convert_to_fp16, convert_to_int8, export_checkpoint
+from specdet.export.artifact import convert_to_fp16, convert_to_int8, export_checkpoint
 from specdet.export.onnx import AUTO_FFT, DEFAULT_OPSET, FFT_MODES, MIN_OPSET
 from specdet.export.precision import int8
+from specdet.manifest import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ Nothing here imports training or export code: preprocessing and threshold
 come from the checkpoint or the artifact's manifest (specdet.manifest).
 """
 
-from specdet.runtime.base import BACKENDS, Runner, TensorSpec, create_runner
+from specdet.runtime.base import BACKENDS, Runner, RunnerOptions, TensorSpec, create_runner
 from specdet.runtime.detector import Detector, Result
 from specdet.runtime.preprocess import ImageError, load_image, preprocess
 
@@ -14,6 +14,7 @@ __all__ = [
     "ImageError",
     "Result",
     "Runner",
+    "RunnerOptions",
     "TensorSpec",
     "create_runner",
     "load_image",

@@ -46,6 +46,37 @@ BACKEND_SUFFIXES = {
 } | {"openvino": (ONNX_SUFFIX,)}
 
 
+# The RunnerOptions fields every backend takes; the others are backend options, each taken by some (Runner.OPTIONS).
+_EVERY_BACKEND = ("arch", "threads")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerOptions:
+    """How to run an artifact, on whichever backend; None: not given, the backend's default.
+
+    Checked when made (``threads``) and when a runner is created (a backend
+    option the chosen backend lacks is an error), so every entry point
+    (:func:`create_runner`, ``Detector``, ``detect-predict``, the Ray actors)
+    refuses the same things with the same one-line message.
+    """
+
+    arch: str | None = None  # architecture of a bare state dict (a checkpoint or a manifest names its own)
+    threads: int | None = None  # CPU threads for inference, 1 to MAX_THREADS
+    providers: Sequence[str] | None = None  # onnxruntime: execution provider names, in order of preference
+    plugins: Sequence[str | os.PathLike] | None = None  # tensorrt: plugin library files or folders searched first
+    cuda_graphs: bool | None = None  # tensorrt: replay each batch size as a CUDA graph
+    inference_precision: str | None = None  # openvino: the precision it computes in (openvino_runner.INFERENCE_PRECISIONS)
+
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            check_count(self.threads, "threads", MAX_THREADS)
+
+    def backend_options(self) -> list[str]:
+        """The names of the backend options given (not None), in field order."""
+        return [field.name for field in dataclasses.fields(self)
+                if field.name not in _EVERY_BACKEND and getattr(self, field.name) is not None]
+
+
 @dataclasses.dataclass(frozen=True)
 class ArtifactInfo:
     """What a runner learned from its artifact (checkpoint or manifest)."""
@@ -70,8 +101,9 @@ class ArtifactInfo:
 
 
 class Runner(abc.ABC):
-    """One loaded artifact. Subclasses take ``(artifact, *, arch=None, threads=None, **their OPTIONS)``, load
-    the artifact, and pass what they learned to ``Runner.__init__``.
+    """One loaded artifact. Subclasses take ``(artifact, options: RunnerOptions)``, load the artifact, and pass
+    what they learned to ``Runner.__init__``; :func:`create_runner` checks the options (:meth:`check_options`)
+    before it builds one.
 
     Life cycle (as Polygraphy's runners and ONNX Runtime sessions): a runner
     holds its backend's resources (session, module, engine, GPU memory) from
@@ -81,7 +113,17 @@ class Runner(abc.ABC):
     """
 
     name: ClassVar[str]  # the backend's key in BACKENDS
-    OPTIONS: ClassVar[tuple[str, ...]] = ()  # the backend options its __init__ takes (see create_runner)
+    OPTIONS: ClassVar[tuple[str, ...]] = ()  # the backend options (RunnerOptions fields) it takes
+
+    @classmethod
+    def check_options(cls, options: RunnerOptions) -> None:
+        """Refuse, in one line, a backend option this backend lacks (a backend may check values too)."""
+        refused = [name for name in options.backend_options() if name not in cls.OPTIONS]
+        if refused:
+            takes = f"it takes {', '.join(cls.OPTIONS)}" if cls.OPTIONS else "it takes none"
+            raise SpecdetError(
+                f"the {cls.name} backend has no option {', '.join(refused)} ({takes}): drop it or choose another backend"
+            )
 
     def __init__(self, artifact: str | os.PathLike, info: ArtifactInfo):
         self.artifact = Path(artifact)
@@ -209,42 +251,19 @@ def default_backend(artifact: str | os.PathLike) -> str:
 
 
 def create_runner(
-    artifact: str | os.PathLike,
-    backend: str | None = None,
-    *,
-    arch: str | None = None,
-    threads: int | None = None,
-    providers: Sequence[str] | None = None,
-    plugins: Sequence[str | os.PathLike] | None = None,
-    cuda_graphs: bool | None = None,
-    precision: str | None = None,
+    artifact: str | os.PathLike, backend: str | None = None, options: RunnerOptions | None = None, **keywords: Any
 ) -> Runner:
     """Load ``artifact`` with ``backend`` (default: chosen by the file suffix).
 
-    Backend options (``None``: not given, the backend's default): ``providers``
-    (onnxruntime: execution provider names, in order of preference);
-    ``plugins`` (tensorrt: plugin library files or folders searched first) and
-    ``cuda_graphs`` (tensorrt: replay each batch size as a CUDA graph);
-    ``precision`` (openvino: inference precision, ``f32`` or ``bf16``). An
-    option the backend does not take is an error.
+    ``options`` (:class:`RunnerOptions`) say how to run it; ``keywords`` are
+    :class:`RunnerOptions` fields set over them, for convenience:
+    ``create_runner("model.onnx", providers=["CPUExecutionProvider"])``. A
+    backend option the backend does not take is an error.
     """
-    if threads is not None:
-        check_count(threads, "threads", MAX_THREADS)
+    options = dataclasses.replace(options or RunnerOptions(), **keywords)
     cls = runner_class(backend or default_backend(artifact))
-    options = {
-        key: value
-        for key, value in (
-            ("providers", providers), ("plugins", plugins), ("cuda_graphs", cuda_graphs), ("precision", precision)
-        )
-        if value is not None
-    }
-    refused = [key for key in options if key not in cls.OPTIONS]
-    if refused:
-        takes = f"it takes {', '.join(cls.OPTIONS)}" if cls.OPTIONS else "it takes none"
-        raise SpecdetError(
-            f"the {cls.name} backend has no option {', '.join(refused)} ({takes}): drop it or choose another backend"
-        )
-    return cls(artifact, arch=arch, threads=threads, **options)
+    cls.check_options(options)
+    return cls(artifact, options)
 
 
 def require_file(path: str | os.PathLike) -> Path:
@@ -252,3 +271,12 @@ def require_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise SpecdetError(f"artifact {path} not found: check the path")
     return path
+
+
+def read_manifest(artifact: str | os.PathLike, options: RunnerOptions) -> Manifest:
+    """The manifest of an exported artifact (``.onnx``, engine); an ``options.arch`` it does not hold is an error."""
+    path = require_file(artifact)
+    manifest = Manifest.read(path)
+    if options.arch is not None and options.arch != manifest.architecture:
+        raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {options.arch}: drop --arch")
+    return manifest

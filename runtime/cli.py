@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -16,8 +17,9 @@ from specdet.errors import SpecdetError
 from specdet.images import IMAGE_SUFFIXES, collect_images
 from specdet.limits import MAX_PIXELS, MAX_PIXELS_CEILING
 from specdet.progress import bar as progress_bar
-from specdet.runtime.base import BACKENDS
+from specdet.runtime.base import BACKENDS, RunnerOptions
 from specdet.runtime.detector import Detector, Result
+from specdet.runtime.openvino_runner import INFERENCE_PRECISIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                          "the installed kernel builds; put it after the image paths")
     options.add_argument("--cuda-graphs", action="store_true", default=None,
                          help="tensorrt: capture each batch size once as a CUDA graph and replay it")
-    options.add_argument("--inference-precision", choices=("f32", "bf16"), dest="precision",
+    options.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS,
                          help="openvino: precision to compute in (default: f32; bf16 needs a CPU with "
                          "avx512_bf16 or AMX)")
     output = parser.add_mutually_exclusive_group()
@@ -135,11 +137,11 @@ def _predict(args: argparse.Namespace) -> int:
         shown = ", ".join(str(p) for p in [*args.paths, *args.list])
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise SpecdetError(f"no images found in {shown}: give image files or folders holding {suffixes}")
-    options = {"arch": args.arch, "providers": args.providers, "plugins": args.plugins, "cuda_graphs": args.cuda_graphs,
-               "precision": args.precision, "max_pixels": args.max_pixels}
+    # The flags of the runner options are named after RunnerOptions' fields.
+    options = RunnerOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(RunnerOptions)})
     if args.ray:
         return _predict_ray(args, files, options)
-    with Detector(args.artifact, args.backend, threads=args.threads, **options) as detector, \
+    with Detector(args.artifact, args.backend, options, max_pixels=args.max_pixels) as detector, \
             progress_bar(total=len(files), unit="image") as bar:
         results = detector.predict_files(files, args.batch_size or 8, progress=bar.update, workers=args.workers)
     scored = [r for r in results if r.ok]
@@ -152,12 +154,12 @@ def _predict(args: argparse.Namespace) -> int:
     return cli.EXIT_SKIPPED if len(scored) < len(results) else 0
 
 
-def _predict_ray(args: argparse.Namespace, files: list[Path], options: dict) -> int:
+def _predict_ray(args: argparse.Namespace, files: list[Path], options: RunnerOptions) -> int:
     from specdet.runtime import ray_scoring
 
     summary = ray_scoring.score_to_parquet(
         args.artifact, files, args.out or Path("scores.parquet"), backend=args.backend, options=options,
-        batch_size=args.batch_size, actors=args.actors, threads=args.threads or 1, address=args.ray_address,
+        max_pixels=args.max_pixels, batch_size=args.batch_size, actors=args.actors, address=args.ray_address,
         rows_per_part=args.rows_per_part or ray_scoring.ROWS_PER_PART, workers=args.workers or 0,
     )
     print(summary.line(), file=sys.stderr)

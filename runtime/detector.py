@@ -6,12 +6,13 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_BATCH, MAX_PIXELS, MAX_PIXELS_CEILING, check_count
-from specdet.runtime.base import Runner, create_runner, remake_remedy
+from specdet.runtime.base import Runner, RunnerOptions, create_runner, remake_remedy
 from specdet.runtime.pipeline import Batch, InputPipeline, default_workers
 from specdet.runtime.preprocess import ImageSource, check_spec, preprocess
 
@@ -38,33 +39,27 @@ class Detector:
     """Score images with an artifact (``.pth`` checkpoint, exported ``.onnx``, or ``.engine``).
 
     Preprocessing and threshold come from the checkpoint or the manifest, so
-    every backend scores the same pixels the same way. ``providers``,
-    ``plugins``, ``cuda_graphs`` and ``precision`` are backend options (see
-    :func:`~specdet.runtime.create_runner`). A detector holds its runner's
-    resources until :meth:`close` (or the end of a ``with`` block). An image
-    of more than ``max_pixels`` pixels (as stored, or once resized) is refused
-    (see :mod:`specdet.runtime.preprocess`); ``threads`` is 1 to
-    :data:`~specdet.limits.MAX_THREADS`, a batch size 1 to :data:`~specdet.limits.MAX_BATCH`.
+    every backend scores the same pixels the same way. ``options`` (and
+    ``keywords``, :class:`~specdet.runtime.RunnerOptions` fields set over
+    them) say how to run it (see :func:`~specdet.runtime.create_runner`). A
+    detector holds its runner's resources until :meth:`close` (or the end of
+    a ``with`` block). An image of more than ``max_pixels`` pixels (as stored,
+    or once resized) is refused (see :mod:`specdet.runtime.preprocess`);
+    ``threads`` is 1 to :data:`~specdet.limits.MAX_THREADS`, a batch size 1 to
+    :data:`~specdet.limits.MAX_BATCH`.
     """
 
     def __init__(
         self,
         artifact: str | os.PathLike,
         backend: str | None = None,
+        options: RunnerOptions | None = None,
         *,
-        arch: str | None = None,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        plugins: Sequence[str | os.PathLike] | None = None,
-        cuda_graphs: bool | None = None,
-        precision: str | None = None,
         max_pixels: int = MAX_PIXELS,
+        **keywords: Any,
     ):
         self.max_pixels = check_count(max_pixels, "max_pixels", MAX_PIXELS_CEILING)
-        self._runner = create_runner(
-            artifact, backend, arch=arch, threads=threads, providers=providers, plugins=plugins,
-            cuda_graphs=cuda_graphs, precision=precision,
-        )
+        self._runner = create_runner(artifact, backend, options, **keywords)
         try:
             self._check_input_size(Path(artifact))
         except BaseException:

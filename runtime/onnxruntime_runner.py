@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 
 from specdet.errors import SpecdetError
-from specdet.manifest import OUTPUT_NAMES, Manifest, TensorSpec
-from specdet.runtime.base import ArtifactInfo, Runner, require_file
+from specdet.manifest import OUTPUT_NAMES, TensorSpec
+from specdet.runtime.base import ArtifactInfo, Runner, RunnerOptions, read_manifest
 
 # ONNX Runtime logs warnings (unused initialisers, provider fallbacks) to
 # stderr; a command's stderr is for the user, so only errors get through.
@@ -26,19 +26,10 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
     OPTIONS = ("providers",)
 
-    def __init__(
-        self,
-        artifact: str | os.PathLike,
-        *,
-        arch: str | None = None,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-    ):
-        path = require_file(artifact)
-        manifest = Manifest.read(path)
-        if arch is not None and arch != manifest.architecture:
-            raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {arch}: drop --arch")
-        self._session = _session(path, threads, manifest.ort_optimization, _providers(providers))
+    def __init__(self, artifact: str | os.PathLike, options: RunnerOptions):
+        path = Path(artifact)
+        manifest = read_manifest(path, options)
+        self._session = _session(path, options.threads, manifest.ort_optimization, _providers(options.providers))
         _check_io(path, self._session, manifest.input)
         self._input_name = manifest.input.name
         super().__init__(path, ArtifactInfo.from_manifest(manifest))

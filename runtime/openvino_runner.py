@@ -2,9 +2,9 @@
 
 OpenVINO reads the ONNX file directly (no conversion step, no second
 artifact), so the manifest inside it is the one the other backends read.
-Options: ``precision``, OpenVINO's ``INFERENCE_PRECISION_HINT`` (``f32``, or
-``bf16`` on CPUs with BF16 instructions: AVX-512 BF16 or AMX); and
-``threads``, its ``INFERENCE_NUM_THREADS``. What the compiled model settled on
+Options: ``inference_precision``, OpenVINO's ``INFERENCE_PRECISION_HINT``
+(``f32``, or ``bf16`` on CPUs with BF16 instructions: AVX-512 BF16 or AMX);
+and ``threads``, its ``INFERENCE_NUM_THREADS``. What the compiled model settled on
 is readable back (:attr:`OpenVinoRunner.inference_precision`,
 :attr:`OpenVinoRunner.threads`), so benchmarks record what ran, not what was
 asked for.
@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from specdet.errors import SpecdetError
-from specdet.manifest import OUTPUT_NAMES, Manifest
-from specdet.runtime.base import ArtifactInfo, Runner, require_file
+from specdet.manifest import OUTPUT_NAMES
+from specdet.runtime.base import ArtifactInfo, Runner, RunnerOptions, read_manifest
 
-# What ``precision`` takes. f32 is the default, not OpenVINO's own default:
+# What ``inference_precision`` takes (and --inference-precision). f32 is the default, not OpenVINO's own:
 # on a BF16 CPU OpenVINO would otherwise run BF16 unasked and score
 # differently (|dp| ~1e-3) from every other backend on the same file.
-PRECISIONS = ("f32", "bf16")
+INFERENCE_PRECISIONS = ("f32", "bf16")
 DEVICE = "CPU"
 
 
@@ -42,35 +42,31 @@ def _import_openvino():
 
 class OpenVinoRunner(Runner):
     name = "openvino"
-    OPTIONS = ("precision",)
+    OPTIONS = ("inference_precision",)
 
-    def __init__(
-        self,
-        artifact: str | os.PathLike,
-        *,
-        arch: str | None = None,
-        threads: int | None = None,
-        precision: str | None = None,
-    ):
-        precision = precision or "f32"
-        if precision not in PRECISIONS:
+    @classmethod
+    def check_options(cls, options: RunnerOptions) -> None:
+        super().check_options(options)
+        wanted = options.inference_precision
+        if wanted is not None and wanted not in INFERENCE_PRECISIONS:
             raise SpecdetError(
-                f"the openvino backend has no inference precision {precision!r}: choose {' or '.join(PRECISIONS)}"
+                f"the openvino backend has no inference precision {wanted!r}: choose {' or '.join(INFERENCE_PRECISIONS)}"
             )
+
+    def __init__(self, artifact: str | os.PathLike, options: RunnerOptions):
+        inference_precision = options.inference_precision or "f32"
         ov = _import_openvino()
-        path = require_file(artifact)
-        manifest = Manifest.read(path)
-        if arch is not None and arch != manifest.architecture:
-            raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {arch}: drop --arch")
+        path = Path(artifact)
+        manifest = read_manifest(path, options)
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"):
+        if inference_precision == "bf16" and "BF16" not in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"):
             raise SpecdetError(
                 "this CPU has no BF16 instructions (avx512_bf16 or amx_bf16) for OpenVINO to use: "
                 "use --inference-precision f32"
             )
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = threads
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": inference_precision}
+        if options.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = options.threads
         self._compiled = _compile(core, path, config, manifest.fft_mode)
         _check_names(path, self._compiled, manifest.input.name)
         # One infer request serves every caller, one at a time: a request is not

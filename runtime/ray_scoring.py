@@ -38,8 +38,10 @@ from typing import Any
 
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, check_output, remove_stale
+from specdet.limits import MAX_PIXELS
 from specdet.progress import bar as progress_bar
 from specdet.progress import on_terminal
+from specdet.runtime.base import RunnerOptions, default_backend, read_manifest, require_file, runner_class
 from specdet.runtime.detector import Detector, Result
 from specdet.runtime.pipeline import InputPipeline
 
@@ -83,26 +85,29 @@ def score_to_parquet(
     out: Path,
     *,
     backend: str | None = None,
-    options: dict[str, Any] | None = None,
+    options: RunnerOptions | None = None,
+    max_pixels: int = MAX_PIXELS,
     batch_size: int | None = None,
     actors: int | None = None,
-    threads: int = 1,
     address: str | None = None,
     rows_per_part: int = ROWS_PER_PART,
     workers: int = 0,
     report: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> Summary:
-    """Score ``files`` with ``actors`` Ray actors (``threads`` each) into the Parquet folder ``out``.
+    """Score ``files`` with ``actors`` Ray actors into the Parquet folder ``out``.
 
-    ``options`` are :class:`Detector` keyword arguments (arch, providers,
-    max_pixels, ...). ``address`` joins a running cluster (its nodes need
-    specdet and see the same paths); None starts a local one on 127.0.0.1,
-    shut down at the end. ``workers`` input processes per actor read the
-    files (0: the actor reads them itself; the actors are the parallelism).
+    Each actor holds ``Detector(artifact, backend, options, max_pixels=max_pixels)``,
+    on ``options.threads`` threads (default 1: the actors share the CPUs).
+    ``address`` joins a running cluster (its nodes need specdet and see the
+    same paths); None starts a local one on 127.0.0.1, shut down at the end.
+    ``workers`` input processes per actor read the files (0: the actor reads
+    them itself; the actors are the parallelism).
     ``report`` gets one line per file with an error.
     """
     require_ray()
-    options = dict(options or {}, threads=threads)
+    options = options or RunnerOptions()
+    if options.threads is None:
+        options = dataclasses.replace(options, threads=1)
     check_output(out, "scores", inputs=(artifact,), folder=True)
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
@@ -120,20 +125,46 @@ def score_to_parquet(
                 todo.append(path)
         if not todo:
             return summary
-        # Open the artifact here once: a bad artifact or option is a one-line error before Ray
-        # starts, and its batch range sets the batch size.
-        with Detector(artifact, backend, **options) as detector:
-            limit = detector.runner.info.max_batch
+        limit = _batch_limit(artifact, backend, options)
         batch = min(batch_size or DEFAULT_BATCH_CAP, limit or batch_size or DEFAULT_BATCH_CAP)
         # The actors run elsewhere (another working folder, maybe another node): absolute paths only.
-        artifact = Path(os.path.abspath(artifact))
-        if options.get("plugins"):
-            options["plugins"] = [os.path.abspath(p) for p in options["plugins"]]
-        _run(artifact, backend, options, todo, out, batch, actors, threads, address, rows_per_part, workers, summary,
-             report)
+        if options.plugins:
+            options = dataclasses.replace(options, plugins=[os.path.abspath(p) for p in options.plugins])
+        job = _Job(artifact=os.path.abspath(artifact), backend=backend, options=options, max_pixels=max_pixels,
+                   batch_size=batch, workers=workers, actors=actors, address=address, rows_per_part=rows_per_part)
+        _run(job, todo, out, summary, report)
         return summary
     finally:
         os.close(lock)
+
+
+def _batch_limit(artifact: Path, backend: str | None, options: RunnerOptions) -> int | None:
+    """The artifact's largest batch (None: no limit), read without loading its model.
+
+    A bad artifact or option is a one-line error here, before Ray starts. A
+    checkpoint has no manifest and no batch limit: the actors load it.
+    """
+    backend = backend or default_backend(artifact)
+    runner_class(backend).check_options(options)
+    if backend == "torch":
+        require_file(artifact)
+        return None
+    return read_manifest(artifact, options).batch.max
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What a run's actors are built with, and how many run where."""
+
+    artifact: str  # absolute, as every path the actors get
+    backend: str | None  # None: chosen by the artifact's suffix
+    options: RunnerOptions  # threads set, plugins absolute
+    max_pixels: int
+    batch_size: int  # images per inference call
+    workers: int  # input processes per actor (0: the actor reads the files itself)
+    actors: int | None  # None: the cluster's CPUs / threads
+    address: str | None  # None: a local cluster on 127.0.0.1
+    rows_per_part: int
 
 
 def _lock(out: Path) -> int:
@@ -188,9 +219,9 @@ def _table(results: Sequence[Result]):
 class _Scorer:
     """One Ray actor: one detector and its input pipeline, kept for every batch the actor is given."""
 
-    def __init__(self, artifact: str, backend: str | None, options: dict[str, Any], batch_size: int, workers: int):
-        self.detector = Detector(artifact, backend, **options)
-        self.pipeline = InputPipeline(self.detector.preprocessing, self.detector.max_pixels, batch_size, workers)
+    def __init__(self, job: _Job):
+        self.detector = Detector(job.artifact, job.backend, job.options, max_pixels=job.max_pixels)
+        self.pipeline = InputPipeline(self.detector.preprocessing, self.detector.max_pixels, job.batch_size, job.workers)
 
     def __call__(self, batch: dict[str, Any]):
         return _table([r for read in self.pipeline.batches(batch["path"].tolist()) for r in self.detector.score(read)])
@@ -204,7 +235,7 @@ def _utf8(path: str) -> bool:
     return True
 
 
-def _run(artifact, backend, options, todo, out, batch, actors, threads, address, rows_per_part, workers, summary, report):
+def _run(job: _Job, todo: list[str], out: Path, summary: Summary, report: Callable[[str], None]) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -244,7 +275,8 @@ def _run(artifact, backend, options, todo, out, batch, actors, threads, address,
         add(_table([Result(os.fsencode(p).decode("utf-8", "backslashreplace"),
                            error="file name is not valid UTF-8 (Parquet keeps UTF-8 text): rename it") for p in bad]))
         todo = [p for p in todo if _utf8(p)]
-    local = address is None
+    threads, actors = job.options.threads, job.actors
+    local = job.address is None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats banner, no phoning home
     try:
         if not todo:
@@ -255,7 +287,7 @@ def _run(artifact, backend, options, todo, out, batch, actors, threads, address,
             ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=max(cpus, (actors or 1) * threads),
                      include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+            ray.init(address=job.address, logging_level=logging.ERROR, log_to_driver=False)
         import ray.data
 
         context = ray.data.DataContext.get_current()
@@ -270,15 +302,14 @@ def _run(artifact, backend, options, todo, out, batch, actors, threads, address,
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             scored = ray.data.from_items([{"path": p} for p in todo]).map_batches(
-                _Scorer, fn_constructor_kwargs={"artifact": str(artifact), "backend": backend, "options": options,
-                                                "batch_size": batch, "workers": workers},
-                batch_size=batch * max(1, math.ceil(MIN_RAY_BATCH / batch)), batch_format="numpy",
+                _Scorer, fn_constructor_kwargs={"job": job},
+                batch_size=job.batch_size * max(1, math.ceil(MIN_RAY_BATCH / job.batch_size)), batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, max_restarts=0,
             )
         last = time.monotonic()
         for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             add(table.select(list(COLUMNS)).cast(_schema()))
-            if sum(t.num_rows for t in pending) >= rows_per_part or time.monotonic() - last >= PART_SECONDS:
+            if sum(t.num_rows for t in pending) >= job.rows_per_part or time.monotonic() - last >= PART_SECONDS:
                 flush()
                 last = time.monotonic()
     except ray.exceptions.RayError as err:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,8 @@ import numpy as np
 from specdet import tensorrt as trt_plugins
 from specdet.errors import SpecdetError
 from specdet.kernels import build as kernel_build
-from specdet.manifest import ENGINE_MODULES, OUTPUT_NAMES, EngineInfo, Manifest, check_engine_file
-from specdet.runtime.base import ArtifactInfo, Runner, require_file
+from specdet.manifest import ENGINE_MODULES, OUTPUT_NAMES, EngineInfo, check_engine_file
+from specdet.runtime.base import ArtifactInfo, Runner, RunnerOptions, read_manifest
 
 
 def _import_torch_cuda():
@@ -86,23 +85,13 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
     OPTIONS = ("plugins", "cuda_graphs")
 
-    def __init__(
-        self,
-        artifact: str | os.PathLike,
-        *,
-        arch: str | None = None,
-        threads: int | None = None,  # CPU threads: not used by this backend
-        plugins: Sequence[str | os.PathLike] | None = None,
-        cuda_graphs: bool = False,
-    ):
-        path = require_file(artifact)
-        manifest = Manifest.read(path)
+    def __init__(self, artifact: str | os.PathLike, options: RunnerOptions):  # options.threads (CPU): not used here
+        path = Path(artifact)
+        manifest = read_manifest(path, options)
         engine_info = manifest.engine
         if engine_info is None:
             raise SpecdetError(f"{path.name} is not described as an engine by its manifest: build it with detect-build")
         check_engine_file(path, engine_info)  # before the library or the GPU: a wrong pairing is reported first
-        if arch is not None and arch != manifest.architecture:
-            raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {arch}: drop --arch")
         trt = _import_library(engine_info)
         built = engine_info.library_version
         if built and built != trt.__version__:
@@ -111,7 +100,7 @@ class TensorRTRunner(Runner):
                 "detect-build (engines are tied to the library version that built them)"
             )
         libraries = trt_plugins.resolve_plugin_libraries(
-            engine_info.plugins, explicit=plugins, installed=_kernel_builds(), engine=path.name
+            engine_info.plugins, explicit=options.plugins, installed=_kernel_builds(), engine=path.name
         )
         torch = _import_torch_cuda()
         self._check_device(path, engine_info, torch)
@@ -121,7 +110,7 @@ class TensorRTRunner(Runner):
             trt.init_libnvinfer_plugins(self._logger, "")
         trt_plugins.load_plugin_libraries(trt, libraries)
         self._engine = self._deserialize(path, trt)
-        self._cuda_graphs = bool(cuda_graphs)
+        self._cuda_graphs = bool(options.cuda_graphs)
         self._input = manifest.input.name
         self._io = self._check_io(path)
         self._max_batch = manifest.batch.max

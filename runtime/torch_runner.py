@@ -10,7 +10,7 @@ import torch
 from specdet import models
 from specdet.manifest import BATCH_AXIS, INPUT_NAME
 from specdet.models import checkpoint
-from specdet.runtime.base import ArtifactInfo, Runner, TensorSpec
+from specdet.runtime.base import ArtifactInfo, Runner, RunnerOptions, TensorSpec
 
 
 def normalise_tensor(crops: torch.Tensor, spec: dict) -> torch.Tensor:
@@ -30,11 +30,11 @@ def normalise_tensor(crops: torch.Tensor, spec: dict) -> torch.Tensor:
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, artifact: str | os.PathLike, *, arch: str | None = None, threads: int | None = None):
-        loaded = checkpoint.load(artifact, arch=arch)
-        if threads is not None:
+    def __init__(self, artifact: str | os.PathLike, options: RunnerOptions):
+        loaded = checkpoint.load(artifact, arch=options.arch)
+        if options.threads is not None:
             # PyTorch has one intra-op thread pool per process, so this is global.
-            torch.set_num_threads(threads)
+            torch.set_num_threads(options.threads)
         self._module = models.ScoringModule(loaded.model).eval()
         crop = loaded.preprocessing["crop"]
         super().__init__(

@@ -46,6 +46,7 @@ VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "probability")
 BATCH_AXIS = "batch"  # the name of the dynamic first axis in a shape
+# How an artifact stores its numbers (detect-export --precision); the manifest key "precision".
 PRECISIONS = ("fp32", "fp16", "int8")
 # Tensor dtypes, as numpy names.
 DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool")

@@ -275,13 +275,13 @@ def test_engine_scores_like_onnxruntime(precision, tolerance, cuda_graphs):
     import threading
 
     from specdet.images import sample_photos
-    from specdet.runtime import create_runner
+    from specdet.runtime import RunnerOptions, create_runner
     from specdet.runtime.preprocess import preprocess
     from specdet.runtime.tensorrt_runner import TensorRTRunner
 
     onnx_file = tiny_exports.exported("dual_branch_tiny", "matmul", precision)
     reference = create_runner(onnx_file)
-    runner = TensorRTRunner(built("dual_branch_tiny", "matmul", precision), cuda_graphs=cuda_graphs)
+    runner = TensorRTRunner(built("dual_branch_tiny", "matmul", precision), RunnerOptions(cuda_graphs=cuda_graphs))
     batch = preprocess([a for _, a in sample_photos()][: tiny_exports.MAX_BATCH], reference.info.preprocessing)
     expected = reference.infer(batch)["probability"]
     for size in (1, tiny_exports.MAX_BATCH, 2):

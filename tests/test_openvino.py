@@ -42,9 +42,9 @@ def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_it_does_not(ov):
     path = tiny_exports.exported("dual_branch_tiny", "matmul")
     if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         with pytest.raises(SpecdetError, match="no BF16 instructions .*--inference-precision f32"):
-            create_runner(path, "openvino", precision="bf16")
+            create_runner(path, "openvino", inference_precision="bf16")
         return
-    with create_runner(path, "onnxruntime") as reference, create_runner(path, "openvino", precision="bf16") as runner:
+    with create_runner(path, "onnxruntime") as reference, create_runner(path, "openvino", inference_precision="bf16") as runner:
         assert runner.inference_precision == "bf16"
         batch = _batch(runner, 2)
         difference = np.abs(runner.infer(batch)["probability"] - reference.infer(batch)["probability"]).max()
@@ -60,7 +60,7 @@ def test_bf16_is_refused_in_one_line_on_a_cpu_without_it(ov, monkeypatch):
 
     monkeypatch.setattr(ov, "Core", CoreWithoutBf16)
     with pytest.raises(SpecdetError) as err:
-        create_runner(tiny_exports.exported("dual_branch_tiny", "matmul"), "openvino", precision="bf16")
+        create_runner(tiny_exports.exported("dual_branch_tiny", "matmul"), "openvino", inference_precision="bf16")
     assert "avx512_bf16 or amx_bf16" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -85,9 +85,9 @@ def test_close_frees_the_model_twice_safely_and_refuses_to_run(ov, tiny_onnx):
 @pytest.mark.parametrize(
     "backend, options, message",
     [
-        ("openvino", {"precision": "fp16"}, "no inference precision 'fp16': choose f32 or bf16"),
-        ("openvino", {"providers": ["CPUExecutionProvider"]}, "openvino backend has no option providers (it takes precision)"),
-        ("onnxruntime", {"precision": "bf16"}, "onnxruntime backend has no option precision (it takes providers)"),
+        ("openvino", {"inference_precision": "fp16"}, "no inference precision 'fp16': choose f32 or bf16"),
+        ("openvino", {"providers": ["CPUExecutionProvider"]}, "openvino backend has no option providers (it takes inference_precision)"),
+        ("onnxruntime", {"inference_precision": "bf16"}, "onnxruntime backend has no option inference_precision (it takes providers)"),
     ],
 )
 def test_bad_options_are_one_line_errors(ov, tiny_onnx, backend, options, message):
@@ -125,7 +125,7 @@ def test_detect_predict_refuses_inference_precision_on_another_backend(tiny_onnx
     args = [str(tiny_onnx), str(image_dir / "good"), "--backend", "onnxruntime", "--inference-precision", "bf16"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "onnxruntime backend has no option precision" in err and len(err.splitlines()) == 1
+    assert "onnxruntime backend has no option inference_precision" in err and len(err.splitlines()) == 1
 
 
 def test_detect_bench_runs_the_openvino_variants_and_records_what_ran(ov, tiny_checkpoint, tiny_onnx, tmp_path, capsys):

@@ -21,7 +21,7 @@ from specdet.errors import SpecdetError
 from specdet.files import check_outputs
 from specdet.models import list_models
 from specdet.train import distributed
-from specdet.train.config import PRECISIONS, RECIPES, TrainConfig, parse_overrides, resume_config
+from specdet.train.config import AMP_MODES, RECIPES, TrainConfig, parse_overrides, resume_config
 from specdet.train.evaluate import evaluate_checkpoint, markdown, report_paths, write_report
 from specdet.train.loop import summary, train
 from specdet.train.state import load_state
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     machine.add_argument("--device", type=_device, help="cuda, cuda:N or cpu (default: cuda when available)")
     machine.add_argument("--workers", type=cli.int_range(0, 256), help="data-loading processes per training process")
     machine.add_argument("--threads", type=cli.THREADS, help="CPU threads for the model's ops (default: PyTorch's)")
-    machine.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on GPUs that support it, else fp16; "
+    machine.add_argument("--precision", choices=AMP_MODES, help="auto: bf16 on GPUs that support it, else fp16; "
                          "fp32 on the CPU")
     machine.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                          help="channels-last memory format (default: on for CUDA)")

@@ -23,7 +23,9 @@ from specdet.models.dual_branch import DualBranch
 from specdet.models.rine_ssca import RineSSCA
 from specdet.train.losses import DualBranchLoss, RineSSCALoss
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Training's mixed precision (--precision): the dtype torch.autocast computes in, or "auto" to choose by device.
+# Not an artifact's precision (specdet.manifest.PRECISIONS), which is how an exported file stores its numbers.
+AMP_MODES = ("auto", "fp32", "bf16", "fp16")
 # Settings of the machine a run happens to be on: a resumed run starts them afresh.
 MACHINE_FIELDS = ("device", "workers", "threads", "precision", "channels_last", "compile")
 
@@ -78,7 +80,9 @@ class TrainConfig:
     device: str | None = None  # None: cuda when available, else cpu
     workers: int | None = None  # data-loading processes per training process; None: from the CPU count
     threads: int | None = None  # CPU threads of the model's ops (torch.set_num_threads); None: PyTorch's default
-    precision: str = "auto"  # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU
+    # One of AMP_MODES; auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU. The name is
+    # the flag's and the key checkpoints record, so it stays "precision".
+    precision: str = "auto"
     channels_last: bool | None = None  # None: on for CUDA (convolutions), off on the CPU
     compile: bool = False  # torch.compile the training model
 
@@ -98,8 +102,8 @@ class TrainConfig:
                 problems.append("stages must be three epoch counts (branches, joint, fusion), not all 0")
             elif self.epochs is not None and self.epochs != sum(self.stages):
                 problems.append(f"epochs {self.epochs} differs from the sum of stages {sum(self.stages)}; drop one")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.precision not in AMP_MODES:
+            problems.append(f"precision must be one of {', '.join(AMP_MODES)}")
         if problems:
             raise SpecdetError(f"invalid training options: {'; '.join(problems)}")
 

@@ -59,15 +59,15 @@ def train(config: TrainConfig, resume: dict[str, Any] | None = None) -> Outcome:
         distributed.teardown(world)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None: float32 throughout."""
-    if precision == "auto":
+def autocast_dtype(amp_mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp_mode`` (one of AMP_MODES) on ``device``; None: float32 throughout."""
+    if amp_mode == "auto":
         if device.type != "cuda":
             return None  # CPU autocast is slower than float32 on most CPUs
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
+    if amp_mode == "fp16" and device.type != "cuda":
         raise SpecdetError("--precision fp16 needs a GPU: use bf16 or fp32 on the CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_mode]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
