@@ -72,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
                      help="with --end-to-end: timed passes over the files per worker count (default: 3)")
     e2e.add_argument("--photos", type=cli.int_range(1, 1_000_000), default=200, metavar="N",
                      help="with --end-to-end and no --images: how many photo-size JPEGs to generate (default: 200)")
+    e2e.add_argument("--resize-on-device", action="store_true",
+                     help="with --end-to-end: also time the workers decoding only and the runner resizing on its device "
+                     "(Pillow's arithmetic, the same bytes)")
     e2e.add_argument("--decode-gpu", action="store_true",
                      help="with --end-to-end on a torch CUDA variant: also decode with nvJPEG on the GPU (not Pillow-exact)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -89,7 +92,8 @@ def _bench(args: argparse.Namespace) -> int:
     check_output(args.out, "benchmark report", folder=True)
     if args.end_to_end:
         return _end_to_end(args)
-    for flag, given in (("--workers", args.workers), ("--decode-gpu", args.decode_gpu)):
+    for flag, given in (("--workers", args.workers), ("--decode-gpu", args.decode_gpu),
+                        ("--resize-on-device", args.resize_on_device)):
         if given:
             raise SpecdetError(f"{flag} needs --end-to-end")
     try:
@@ -138,7 +142,8 @@ def _end_to_end(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="detect-bench-photos-") as folder:
         files = folder_images(args.images) if args.images else end_to_end.make_photos(Path(folder), args.photos)
         record = end_to_end.run(artifact, name, files, workers=workers, batch_size=batch, repeats=args.repeats,
-                                threads=args.threads, decode_gpu=args.decode_gpu, command=args.command)
+                                threads=args.threads, decode_gpu=args.decode_gpu,
+                                resize_on_device=args.resize_on_device, command=args.command)
     paths = end_to_end.write(record, args.out)
     print(end_to_end.markdown(record))
     print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)

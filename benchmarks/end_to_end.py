@@ -30,7 +30,7 @@ import numpy as np
 
 from specdet.benchmarks import loading, machine, variants
 from specdet.files import atomic_write
-from specdet.runtime.pipeline import InputPipeline
+from specdet.runtime.pipeline import InputPipeline, finish_crops
 from specdet.runtime.preprocess import normalise
 from specdet.versions import library_versions
 
@@ -69,12 +69,14 @@ def _photo(path: Path, seed: int, sizes: tuple[int, int], qualities: tuple[int, 
 
 def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Sequence[int], batch_size: int,
         repeats: int = 3, threads: int | None = None, max_pixels: int = 64_000_000, decode_gpu: bool = False,
-        command: str = "") -> dict[str, Any]:
-    """Time files-to-probabilities of ``artifact`` under ``variant_name`` for each worker count."""
+        resize_on_device: bool = False, command: str = "") -> dict[str, Any]:
+    """Time files-to-probabilities of ``artifact`` under ``variant_name`` for each worker count (and, with
+    ``resize_on_device``, again with the resizing on the runner's device)."""
     variant = variants.VARIANTS[variant_name]
     paths = [str(p) for p in files]
     loaded = loading.load(variant, artifact, threads)
     runner = loaded.runner
+    pin = variant.device == "cuda"
     try:
         spec = runner.info.preprocessing
         step = min(batch_size, runner.info.max_batch or batch_size)
@@ -85,23 +87,29 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
             # The crops normalised by the runner (on its device) against the float batch normalised by NumPy.
             floats = runner.infer(normalise(first.crops, spec).astype(runner.input_spec().dtype))["probability"]
             same_as_float_input = crops.tobytes() == floats.tobytes()
+            # Does the runner give the same scores for the same input every time (the rows compare on it)?
+            repeatable = len({runner.infer_crops(first.crops)["probability"].tobytes() for _ in range(20)}) == 1
         rows, reference = [], None
-        for count in workers:
-            with InputPipeline(spec, max_pixels, step, count) as pipeline:
+        modes = [(count, False) for count in workers]
+        modes += [(count, True) for count in workers if count and resize_on_device]
+        for count, on_device in modes:
+            with InputPipeline(spec, max_pixels, step, count, resize_on_device=on_device, pin_memory=pin) as pipeline:
                 # A long run starts its workers once: the first pass (starting them) is reported apart.
                 first = _timed_pass(runner, pipeline, paths) if count else None
                 passes = [_timed_pass(runner, pipeline, paths) for _ in range(repeats)]
-            probabilities = passes[0]["probabilities"]
             if reference is None:
-                reference = probabilities
+                reference = passes[0]["probabilities"]
             rates = [len(paths) / p["seconds"] for p in passes]
+            differences = [_largest_difference(p["probabilities"], reference) for p in passes + [first or passes[0]]]
             rows.append({
-                "workers": count, "images_per_s": _spread(rates),
+                "workers": count, "resize": "device" if on_device else "worker", "images_per_s": _spread(rates),
                 "busy_fraction": _spread([p["busy_s"] / p["seconds"] for p in passes]),
                 "seconds": [round(p["seconds"], 4) for p in passes],
                 "first_pass_s": round(first["seconds"], 4) if first else None,
-                "identical_probabilities": all(p["probabilities"] == reference for p in passes + [first or passes[0]]),
+                "identical_probabilities": max(differences) == 0.0,
+                "largest_probability_difference": max(differences),
             })
+        largest = max(workers)
         record: dict[str, Any] = {
             "format": FORMAT, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "artifact": artifact.name, "architecture": runner.info.architecture,
@@ -109,8 +117,10 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
             "facts": loaded.facts, "batch_size": step, "repeats": repeats,
             "images": {"count": len(paths), "megabytes": round(total_bytes / 1e6, 1)},
             "machine": machine.describe(), "versions": _versions(),
-            "rows": rows, "same_as_float_input": same_as_float_input,
-            "identical_crops": _same_crops(spec, max_pixels, step, max(workers), paths) if max(workers) else None,
+            "rows": rows, "same_as_float_input": same_as_float_input, "repeatable": repeatable,
+            "identical_crops": _same_crops(runner, spec, max_pixels, step, largest, paths, False, pin) if largest else None,
+            "identical_device_crops": (_same_crops(runner, spec, max_pixels, step, largest, paths, True, pin)
+                                       if largest and resize_on_device else None),
         }
         if decode_gpu:
             try:
@@ -122,6 +132,13 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
         runner.close()
 
 
+def _largest_difference(probabilities: list[float | None], reference: list[float | None]) -> float:
+    pairs = [(a, b) for a, b in zip(probabilities, reference) if a is not None and b is not None]
+    if len(pairs) != sum(p is not None for p in reference):
+        return float("inf")  # a file scored in one run and not in the other
+    return max((abs(a - b) for a, b in pairs), default=0.0)
+
+
 def _timed_pass(runner, pipeline: InputPipeline, paths: list[str]) -> dict[str, Any]:
     busy = 0.0
     probabilities: list[float | None] = []
@@ -130,21 +147,28 @@ def _timed_pass(runner, pipeline: InputPipeline, paths: list[str]) -> dict[str, 
         scored = iter(())
         if batch.crops.shape[0]:
             entered = time.perf_counter()
-            scored = iter(runner.infer_crops(batch.crops)["probability"].tolist())
+            scored = iter(runner.infer_batch(batch)["probability"].tolist())
             busy += time.perf_counter() - entered
         probabilities.extend(None if error else next(scored) for error in batch.errors)
     return {"seconds": time.perf_counter() - start, "busy_s": busy, "probabilities": probabilities}
 
 
-def _same_crops(spec, max_pixels, step, workers, paths) -> bool:
-    """Whether ``workers`` processes give byte for byte the serial loop's crops (an untimed pass each)."""
+def _same_crops(runner, spec, max_pixels, step, workers, paths, on_device: bool, gpu: bool) -> bool:
+    """Whether ``workers`` processes give byte for byte the serial loop's crops (an untimed pass each); with
+    ``on_device``, the crops the runner makes from the regions the workers ship (on the GPU with ``gpu``)."""
     digests = []
-    for count in (0, workers):
+    for count, device in ((0, False), (workers, on_device)):
         digest = hashlib.sha256()
-        with InputPipeline(spec, max_pixels, step, count) as pipeline:
+        with InputPipeline(spec, max_pixels, step, count, resize_on_device=device) as pipeline:
             for batch in pipeline.batches(paths):
                 digest.update(repr(batch.errors).encode())
-                digest.update(batch.crops.tobytes())
+                if not device:
+                    crops = batch.crops
+                elif gpu:
+                    crops = runner.device_crops(batch).cpu().numpy()
+                else:
+                    crops = finish_crops(batch)
+                digest.update(np.ascontiguousarray(crops).tobytes())
         digests.append(digest.hexdigest())
     return digests[0] == digests[1]
 
@@ -199,21 +223,22 @@ def markdown(record: dict[str, Any]) -> str:
         f"{record['batch_size']}, {record['repeats']} passes per row; {cpu['cpu']}, {cpu['logical_cpus']} CPUs "
         f"({', '.join(cpu['simd'])}). {record['date']}.",
         "",
-        "| workers | images/s (median) | min | max | in the model call | first pass (workers starting) | same probabilities as serial |",
-        "|---:|---:|---:|---:|---:|---:|:---:|",
+        "| workers | resize on | images/s (median) | min | max | in the model call | first pass (workers starting) "
+        "| largest difference from serial |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     serial = record["rows"][0]["images_per_s"]["median"]
     for row in record["rows"]:
         rate = row["images_per_s"]
         first = "" if row["first_pass_s"] is None else f"{row['first_pass_s']:.2f} s"
-        lines.append(f"| {row['workers']} | {rate['median']:.1f} ({rate['median'] / serial:.2f}x) | {rate['min']:.1f} | "
-                     f"{rate['max']:.1f} | {100 * row['busy_fraction']['median']:.0f} % | "
-                     f"{first} | "
-                     f"{'yes' if row['identical_probabilities'] else 'NO'} |")
-    lines += ["", "Probabilities from uint8 crops normalised by the runner identical to those from the float batch: "
-              f"{'yes' if record['same_as_float_input'] else 'NO'}."]
-    if record.get("identical_crops") is not None:
-        lines += ["", f"uint8 crops byte-identical to the serial loop: {'yes' if record['identical_crops'] else 'NO'}."]
+        lines.append(f"| {row['workers']} | {row['resize']} | {rate['median']:.1f} ({rate['median'] / serial:.2f}x) | "
+                     f"{rate['min']:.1f} | {rate['max']:.1f} | {100 * row['busy_fraction']['median']:.0f} % | {first} | "
+                     f"{row['largest_probability_difference']:.3g} |")
+    yes = {True: "yes", False: "NO", None: "not checked"}
+    lines += ["", f"- the runner gives the same scores for the same batch, 20 times: {yes[record['repeatable']]}",
+              f"- uint8 crops normalised by the runner score as the float batch: {yes[record['same_as_float_input']]}",
+              f"- crops from the workers byte-identical to the serial loop: {yes[record['identical_crops']]}",
+              f"- crops resized on the device byte-identical to the serial loop: {yes[record['identical_device_crops']]}"]
     if record.get("gpu_decode", {}).get("error"):
         lines += ["", f"GPU decoding failed: {record['gpu_decode']['error']}"]
     elif record.get("gpu_decode"):

@@ -271,8 +271,9 @@ def _files_per_s(record: dict) -> dict:
     """The serial loop's and the best worker count's images/s, and whether every row scored as the serial loop."""
     best = max(record["rows"], key=lambda row: row["images_per_s"]["median"])
     return {"serial": record["rows"][0]["images_per_s"]["median"], "best": best["images_per_s"]["median"],
-            "workers": best["workers"], "identical": all(r["identical_probabilities"] for r in record["rows"])
-            and bool(record["identical_crops"]) and record["same_as_float_input"],
+            "workers": best["workers"], "resize": best["resize"],
+            "identical": all(r["identical_probabilities"] for r in record["rows"]) and bool(record["identical_crops"])
+            and record["identical_device_crops"] is not False and record["same_as_float_input"],
             "gpu_decode": (record.get("gpu_decode") or {}).get("images_per_s", {}).get("median")}
 
 

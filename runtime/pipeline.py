@@ -249,10 +249,14 @@ class InputPipeline:
 
         address = ctypes.addressof(self._buffer)
         cudart = torch.cuda.cudart()
-        code = cudart.cudaHostRegister(address, self._layout.nbytes, 0) if pinned else cudart.cudaHostUnregister(address)
-        if int(code) != 0:
-            raise SpecdetError(f"could not {'pin' if pinned else 'unpin'} the input slots for the GPU (CUDA error {int(code)})")
-        self._pinned = pinned
+        try:
+            code = cudart.cudaHostRegister(address, self._layout.nbytes, 0) if pinned else cudart.cudaHostUnregister(address)
+        except (RuntimeError, TypeError):  # no CUDA here: the slots stay pageable, the runner copies through staging
+            return
+        if int(code) == 0:
+            self._pinned = pinned
+        elif not pinned:
+            raise SpecdetError(f"could not unpin the input slots (CUDA error {int(code)}): a bug, please report it")
 
     @property
     def slots(self) -> np.ndarray:
@@ -301,6 +305,7 @@ class InputPipeline:
                 self._collect(done, queued, free, chunks, tries)
             slot, read = done.pop(number)
             held = slot
+            self._assign(queued, free, chunks)  # before yielding: idle workers read on while the consumer scores
             yield self._batch(chunks[number], slot, read)
 
     def _assign(self, queued: list[int], free: list[int], chunks: list[list[str]]) -> None:
