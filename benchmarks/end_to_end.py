@@ -74,9 +74,15 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
     ``resize_on_device``, again with the resizing on the runner's device)."""
     variant = variants.VARIANTS[variant_name]
     paths = [str(p) for p in files]
+    pin = variant.device == "cuda"
+    if pin:
+        import torch
+
+        # cuDNN may pick convolution algorithms whose sums vary run to run (seen: 1e-5 in dual_branch_vit_b16's
+        # probabilities between passes over the same files): the rows compare scores, so they need the same ones.
+        torch.backends.cudnn.deterministic = True
     loaded = loading.load(variant, artifact, threads)
     runner = loaded.runner
-    pin = variant.device == "cuda"
     try:
         spec = runner.info.preprocessing
         step = min(batch_size, runner.info.max_batch or batch_size)
@@ -91,7 +97,7 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
             repeatable = len({runner.infer_crops(first.crops)["probability"].tobytes() for _ in range(20)}) == 1
         rows, reference = [], None
         modes = [(count, False) for count in workers]
-        modes += [(count, True) for count in workers if count and resize_on_device]
+        modes += [(max(workers), True)] if max(workers) and resize_on_device else []
         for count, on_device in modes:
             with InputPipeline(spec, max_pixels, step, count, resize_on_device=on_device, pin_memory=pin) as pipeline:
                 # A long run starts its workers once: the first pass (starting them) is reported apart.
@@ -118,6 +124,7 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
             "images": {"count": len(paths), "megabytes": round(total_bytes / 1e6, 1)},
             "machine": machine.describe(), "versions": _versions(),
             "rows": rows, "same_as_float_input": same_as_float_input, "repeatable": repeatable,
+            "cudnn_deterministic": pin,
             "identical_crops": _same_crops(runner, spec, max_pixels, step, largest, paths, False, pin) if largest else None,
             "identical_device_crops": (_same_crops(runner, spec, max_pixels, step, largest, paths, True, pin)
                                        if largest and resize_on_device else None),

@@ -298,7 +298,7 @@ def end_to_end(ctx: Context, name: str) -> dict[str, Any]:
         count, sizes, variant, workers, batch, repeats = 12, (60, 120), "torch-fp32", (0, 1, 2), 4, 1
     else:
         count, sizes, variant, batch, repeats = 960, (500, 1500), "torch-cuda-graphs-fp16", 32, 3
-        workers = (0, *sorted({max(1, cpus // 4), max(1, cpus // 2), max(1, 3 * cpus // 4), cpus}))
+        workers = (0, *sorted({max(1, cpus // 2), max(1, cpus - 1), cpus}))
     photos = ctx.work / "photos"
     files = sorted(photos.glob("*.jpg")) or e2e.make_photos(photos, count, sizes=sizes, processes=cpus)
     record = e2e.run(ctx.checkpoint(model), variant, files, workers=workers, batch_size=batch, repeats=repeats,

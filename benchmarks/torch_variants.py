@@ -40,7 +40,7 @@ class TorchVariantRunner(Runner):
         else:
             self._spectral_ops = contextlib.nullcontext
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # shape -> (graph, input, outputs)
-        self._pinned: dict[tuple[int, ...], Any] = {}  # crops shape -> pinned host buffer (_infer_crops)
+        self._pinned: dict[tuple[int, ...], Any] = {}  # shape -> pinned host buffer (crops in, scores out)
         self._cuda_graphs = cuda_graphs
 
     def _forward(self, x):
@@ -126,7 +126,20 @@ class TorchVariantRunner(Runner):
             graph.replay()
         else:
             logit, probability = self._forward(x)
-        return {"logit": logit.float().cpu().numpy(), "probability": probability.float().cpu().numpy()}
+        if self._device.type != "cuda":
+            return {"logit": logit.float().numpy(), "probability": probability.float().numpy()}
+        # Wait on a blocking event rather than in .cpu(): CUDA's default wait spins a CPU core, the core an
+        # input worker needs while the GPU computes.
+        torch = self._torch
+        scores = torch.stack([logit.float(), probability.float()])
+        host = self._pinned.get(tuple(scores.shape))
+        if host is None:
+            host = self._pinned[tuple(scores.shape)] = torch.empty(scores.shape, pin_memory=True)
+        host.copy_(scores, non_blocking=True)
+        done = torch.cuda.Event(blocking=True)
+        done.record()
+        done.synchronize()
+        return {"logit": host[0].numpy().copy(), "probability": host[1].numpy().copy()}
 
     def _close(self) -> None:
         self._graphs.clear()
