@@ -368,6 +368,14 @@ def _headline_md(head: dict[str, Any]) -> list[str]:
         lines += [f"Best path for {model}:", "", "| batch | variant | median ms | speed-up over |", "|---:|---|---:|---|"]
         lines += [f"| {r['batch']} | {r['variant']} | {r['median_ms']:.2f} | {_x(r['speedup'])} {r['baseline'] or ''} |" for r in rows]
         lines.append("")
+    files = head.get("files_to_probabilities")
+    if files:
+        lines += ["Files to probabilities (JPEG files in the page cache; images/s):", "",
+                  "| model | serial loop | best | with | same scores and crops as serial | nvJPEG (not exact) |",
+                  "|---|---:|---:|---|---|---:|"]
+        lines += [f"| {model} | {f['serial']:.0f} | {f['best']:.0f} | {f['workers']} workers, resize on {f.get('resize', 'worker')} | "
+                  f"{'yes' if f['identical'] else 'no'} | {f['gpu_decode'] or ''} |" for model, f in files.items()]
+        lines.append("")
     return lines
 
 
