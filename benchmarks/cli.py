@@ -124,7 +124,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _end_to_end(args: argparse.Namespace) -> int:
     from specdet.benchmarks import end_to_end
     from specdet.images import folder_images
-    from specdet.runtime.pipeline import default_workers
+    from specdet.runtime.pipeline import cpus
 
     if len(args.artifacts) != 1:
         raise SpecdetError("--end-to-end times one ARTIFACT: give exactly one .pth, .onnx or .engine file")
@@ -137,7 +137,7 @@ def _end_to_end(args: argparse.Namespace) -> int:
     name = variant.name
     if args.decode_gpu and not name.startswith("torch-cuda"):
         raise SpecdetError("--decode-gpu scores on the GPU: choose a torch-cuda variant with --backends")
-    workers = _worker_counts(args.workers, default_workers())
+    workers = _worker_counts(args.workers, cpus())
     batch = bench.parse_batch_sizes(args.batch_sizes or "8")[0]
     with tempfile.TemporaryDirectory(prefix="detect-bench-photos-") as folder:
         files = folder_images(args.images) if args.images else end_to_end.make_photos(Path(folder), args.photos)

@@ -122,7 +122,7 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
             "variant": variant.name, "variant_summary": variant.summary, "device": variant.device,
             "facts": loaded.facts, "batch_size": step, "repeats": repeats,
             "images": {"count": len(paths), "megabytes": round(total_bytes / 1e6, 1)},
-            "machine": machine.describe(), "versions": _versions(),
+            "machine": machine.describe(), "versions": library_versions(("numpy", "pillow", "torchvision", "openvino")),
             "rows": rows, "same_as_float_input": same_as_float_input, "repeatable": repeatable,
             "cudnn_deterministic": pin,
             "identical_crops": _same_crops(runner, spec, max_pixels, step, largest, paths, False, pin) if largest else None,
@@ -209,16 +209,6 @@ def _pixel_drift(crops, chunk, spec) -> int:
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
-
-
-def _versions() -> dict[str, str]:
-    versions = library_versions()
-    for name in ("numpy", "PIL", "torchvision"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            continue
-    return versions
 
 
 def markdown(record: dict[str, Any]) -> str:

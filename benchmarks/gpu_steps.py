@@ -290,10 +290,10 @@ def tensorrt_engines(ctx: Context) -> dict[str, Any]:
 def end_to_end(ctx: Context, name: str) -> dict[str, Any]:
     """detect-bench --end-to-end on photo-size JPEGs made here: the input pipeline per worker count, GPU decoding."""
     from specdet.benchmarks import end_to_end as e2e
-    from specdet.runtime.pipeline import default_workers
+    from specdet.runtime import pipeline
 
     model = ctx.model(name)
-    cpus = default_workers()
+    cpus = pipeline.cpus()
     if ctx.dry_run:
         count, sizes, variant, workers, batch, repeats = 12, (60, 120), "torch-fp32", (0, 1, 2), 4, 1
     else:

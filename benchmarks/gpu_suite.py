@@ -213,12 +213,7 @@ def environment() -> dict[str, Any]:
     from specdet.benchmarks import machine
     from specdet.versions import library_versions
 
-    versions = library_versions()
-    for name in ("triton", "cupy", "numpy"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            continue
+    versions = library_versions(("triton", "cupy", "numpy"))
     env: dict[str, Any] = {
         "host": platform.node(), "system": platform.platform(), "cpu": machine.describe(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda, "versions": versions,

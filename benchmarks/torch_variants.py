@@ -68,6 +68,10 @@ class TorchVariantRunner(Runner):
             self._graphs[shape] = (graph, static, outputs)
         return self._graphs[shape]
 
+    @property
+    def uses_gpu(self) -> bool:
+        return self._device.type == "cuda"
+
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self._run(self._torch.from_numpy(batch).to(self._device))
 

@@ -130,6 +130,11 @@ class Runner(abc.ABC):
         self.info = info
         self._closed = False
 
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether the model runs on a GPU, leaving the CPUs to the input workers (their default count)."""
+        return False
+
     def input_spec(self) -> TensorSpec:
         return self.info.input
 

@@ -20,7 +20,6 @@ from specdet.progress import bar as progress_bar
 from specdet.runtime.base import BACKENDS, RunnerOptions
 from specdet.runtime.detector import Detector, Result
 from specdet.runtime.openvino_runner import INFERENCE_PRECISIONS
-from specdet.runtime.pipeline import default_workers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,11 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=cli.BATCH,
                         help="images per inference call (default: 8; with --ray, the artifact's largest batch, at most 64)")
     parser.add_argument("--threads", type=cli.THREADS,
-                        help="CPU threads for inference (default: the CPUs left over by --workers, at least 1; "
-                        "with --workers 0 or --ray, the backend's)")
+                        help="CPU threads for inference (default: the backend's; beside --workers on a CPU backend, "
+                        "the CPUs the workers leave are often faster)")
     parser.add_argument("--workers", type=cli.WORKERS, metavar="N",
-                        help="processes reading and decoding images while the model scores (default: one per CPU; "
-                        "0 reads them in this process, the serial loop; with --ray: per actor, default 0)")
+                        help="processes reading and decoding images while the model scores (default: one per CPU "
+                        "when the model runs on a GPU, a quarter of them on a CPU backend; 0 reads them in this "
+                        "process, the serial loop; with --ray: per actor, default 0)")
     parser.add_argument("--max-pixels", type=cli.PIXELS, default=MAX_PIXELS, metavar="N",
                         help=f"skip images of more than N pixels, as stored or once resized (default {MAX_PIXELS}, "
                         f"at most {MAX_PIXELS_CEILING})")
@@ -144,14 +144,9 @@ def _predict(args: argparse.Namespace) -> int:
     options = RunnerOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(RunnerOptions)})
     if args.ray:
         return _predict_ray(args, files, options)
-    workers = default_workers() if args.workers is None else args.workers
-    if workers and options.threads is None:
-        # Input workers and the model's threads share the CPUs: threads spinning beside busy workers cost more
-        # than they give (measured on 2 cores: rine_ssca_tiny 1.59x the serial loop this way, 0.90x with 2 threads).
-        options = dataclasses.replace(options, threads=max(1, default_workers() - workers))
     with Detector(args.artifact, args.backend, options, max_pixels=args.max_pixels) as detector, \
             progress_bar(total=len(files), unit="image") as bar:
-        results = detector.predict_files(files, args.batch_size or 8, progress=bar.update, workers=workers)
+        results = detector.predict_files(files, args.batch_size or 8, progress=bar.update, workers=args.workers)
     scored = [r for r in results if r.ok]
     for result in results:
         if not result.ok:

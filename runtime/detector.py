@@ -122,7 +122,8 @@ class Detector:
         Of a multi-frame file the first frame is scored; its result's ``frames`` says how many it has.
         ``workers`` processes read and decode the files while the model scores
         (:mod:`specdet.runtime.pipeline`; the same pixels as reading them here);
-        default: one per CPU when there is more than one batch, 0 (read here) otherwise.
+        default (:func:`~specdet.runtime.pipeline.default_workers`): one per CPU when the model runs on a GPU, a
+        quarter of the CPUs beside a CPU backend, 0 (read here) for a single batch.
 
         ``progress(n)`` is called after each batch with the number of files it covered.
         """
@@ -130,7 +131,7 @@ class Detector:
         step = self._step(batch_size)
         batches = -(-len(paths) // step)
         if workers is None:
-            workers = default_workers() if batches > 1 else 0
+            workers = default_workers(self._runner.uses_gpu) if batches > 1 else 0
         results: list[Result] = []
         with InputPipeline(self.preprocessing, self.max_pixels, step, min(workers, batches)) as pipeline:
             for batch in pipeline.batches(paths):

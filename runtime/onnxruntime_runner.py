@@ -35,6 +35,10 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(path, ArtifactInfo.from_manifest(manifest))
 
     @property
+    def uses_gpu(self) -> bool:
+        return any(name != "CPUExecutionProvider" for name in self._session.get_providers())
+
+    @property
     def session(self) -> ort.InferenceSession:
         """The ``onnxruntime.InferenceSession`` this runner calls (its options, providers, profiling)."""
         self.ensure_open()

@@ -5,8 +5,9 @@ output pixel, filter weights computed in double, normalised, turned into
 22-bit fixed point (rounded away from zero); one pass per axis, each summing
 ``pixel * weight`` from a rounding bias of ``1 << 21`` over uint8 input and
 clipping ``sum >> 22`` to 0..255. The horizontal pass comes first, unless
-the height shrinks by more than twice as many pixels as the width (Pillow
-12+; the C++ runtime's ``resample.cpp`` predates that rule). Here the weights
+(Pillow 13 and later) the height shrinks by more than twice as many pixels
+as the width: the passes round between them, so the order changes bytes.
+Here the weights
 are computed with NumPy in the same operation order (so the doubles round
 alike; the weight sum is accumulated tap by tap, not pairwise), and the
 passes run as integer gathers and sums in torch, on any device.
@@ -24,10 +25,13 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import PIL
 
 from specdet.runtime.preprocess import crop_origin, resized_size
 
 PRECISION_BITS = 32 - 8 - 2
+# The pass order follows the Pillow that decodes here: before 13.0 it was always horizontal first.
+_VERTICAL_FIRST_RULE = int(PIL.__version__.split(".")[0]) >= 13
 _SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
 
 
@@ -106,8 +110,9 @@ def plan(size: tuple[int, int], spec: dict[str, Any]) -> CropPlan:
         lo, hi = int(start.min()), int((start + weights.shape[1]).max())
         axes.append(((lo, min(hi, in_size)), start - lo, weights))
     (rows, row_start, row_weights), (cols, col_start, col_weights) = axes
-    # Pillow 12+ (Resample.c): vertical first when the height shrinks by more than twice the width's pixels.
-    vertical_first = (height - new_height) > 0 and (height - new_height) > (width - new_width) * 2
+    # Pillow 13's Resample.c: vertical first when the height shrinks by more than twice the width's pixels.
+    shrink = height - new_height
+    vertical_first = _VERTICAL_FIRST_RULE and shrink > 0 and shrink > (width - new_width) * 2
     return CropPlan(rows, cols, row_start, row_weights, col_start, col_weights, vertical_first)
 
 

@@ -120,6 +120,10 @@ class TensorRTRunner(Runner):
         super().__init__(path, ArtifactInfo.from_manifest(manifest))
 
     @property
+    def uses_gpu(self) -> bool:
+        return True
+
+    @property
     def engine(self):
         """The deserialised ``ICudaEngine`` (valid until :meth:`close`)."""
         self.ensure_open()

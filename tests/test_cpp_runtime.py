@@ -81,6 +81,9 @@ def _arrays():
     padded[:, :150] = photos["rocket"][:120, :150]
     arrays.append(padded[:, :150])  # rows with a stride above width * 3
     arrays.append(np.full((7, 300, 3), 200, np.uint8))  # very wide
+    # Tall: resized to a 64-pixel width, the height shrinks by more than twice the width, and Pillow 13
+    # resizes vertically first (a different rounding from horizontal first).
+    arrays.append(np.concatenate([photos["astronaut"][:, :200], photos["coffee"][:, :200]]))
     return arrays
 
 

@@ -252,3 +252,12 @@ def test_detector_scores_device_regions_as_crops(tiny_checkpoint, corpus):
         with InputPipeline(detector.preprocessing, detector.max_pixels, 4, 2, resize_on_device=True) as pipe:
             shipped = [r for batch in pipe.batches(corpus) for r in detector.score(batch)]
     assert shipped == serial
+
+
+def test_default_worker_count_follows_where_the_model_runs(tiny_checkpoint, tiny_onnx, monkeypatch):
+    """Beside a CPU backend the workers take the model's cores: a quarter of the CPUs; every CPU for a GPU model."""
+    monkeypatch.setattr(pipeline, "cpus", lambda: 16)
+    assert pipeline.default_workers(True) == 16 and pipeline.default_workers(False) == 4
+    for artifact, options in ((tiny_checkpoint, {}), (tiny_onnx, {"providers": ["CPUExecutionProvider"]})):
+        with Detector(artifact, **options) as detector:
+            assert detector.runner.uses_gpu is False

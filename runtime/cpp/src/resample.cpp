@@ -123,6 +123,17 @@ Rgb resize(const Rgb& image, int width, int height, Filter filter) {
   if (width == image.width && height == image.height) return image;
   const Coefficients ch = coefficients(image.width, width, filter);
   const Coefficients cv = coefficients(image.height, height, filter);
+  // Pillow 13 resizes vertically first when the height shrinks by more than twice as many pixels as the
+  // width; the passes round to uint8 between them, so the order changes bytes (runtime/resample.py too).
+  const int shrink = image.height - height;
+  if (shrink > 0 && shrink > (image.width - width) * 2) {
+    Rgb temp = blank(image.width, height);
+    vertical(image, 0, cv, temp);
+    if (width == image.width) return temp;
+    Rgb out = blank(width, height);
+    horizontal(temp, 0, ch, out);
+    return out;
+  }
   // As Pillow: the horizontal pass only covers the rows the vertical pass reads.
   const int first_row = cv.first[0];
   const int last_row = cv.first[height - 1] + cv.count[height - 1];
