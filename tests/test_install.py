@@ -64,3 +64,13 @@ def test_no_installed_distribution_provides_a_name_that_resolves_to_our_tree():
     providers = importlib.metadata.packages_distributions()
     clashes = {name: providers[name] for name in resolved if set(providers.get(name, ())) - {"specdet"}}
     assert not clashes, f"installed distributions provide names our folders take: {clashes}"
+
+
+def test_the_main_suite_runs_on_the_numpy_users_get():
+    """pytriton pins numpy<2: the serve extra stays out of the test extra, and the serving tests run in their own
+    venv (tests/serve/venv.sh), so that everything else is tested on numpy 2 as a plain install gets it."""
+    import numpy
+
+    in_test_extra = [r for r in importlib.metadata.requires("specdet") if 'extra == "test"' in r]
+    assert in_test_extra and not any(r.startswith("nvidia-pytriton") for r in in_test_extra)
+    assert int(numpy.__version__.split(".")[0]) >= 2, f"numpy {numpy.__version__}: the test venv took the serve extra"
