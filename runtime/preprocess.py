@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from specdet.errors import SpecdetError
+from specdet.images import OPEN_FORMATS
 from specdet.limits import MAX_PIXELS
 from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
@@ -101,7 +102,7 @@ def _load(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int]:
 def _decode(file: Path | io.BytesIO, name: object, max_pixels: int) -> tuple[Image.Image, int]:
     """Open, check and decode an encoded image; ``name`` names it in errors."""
     try:
-        with Image.open(file) as image:
+        with Image.open(file, formats=OPEN_FORMATS) as image:
             _check_pixels(name, image.size, max_pixels)  # from the header, before decoding
             # Counted before decoding: counting seeks through the frames and back to the first.
             frames = getattr(image, "n_frames", 1)

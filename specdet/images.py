@@ -26,6 +26,19 @@ def _readable_suffixes() -> frozenset[str]:
 
 IMAGE_SUFFIXES = _readable_suffixes()
 
+
+def _open_formats() -> tuple[str, ...]:
+    """The Pillow formats of IMAGE_SUFFIXES that Pillow opens (a camera's multi-picture JPEG opens as JPEG)."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    return tuple(sorted({extensions[suffix] for suffix in IMAGE_SUFFIXES} & set(Image.OPEN)))
+
+
+# What Image.open may take a file for. Pillow otherwise opens by content: a file named photo.jpg holding
+# PostScript would be opened as EPS, and decoding it runs Ghostscript (`gs` from PATH) on the file.
+OPEN_FORMATS = _open_formats()
+
 # scikit-image's bundled photos (no download): colour, grayscale and one RGBA.
 SAMPLE_PHOTOS = (
     "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",

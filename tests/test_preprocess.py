@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -147,3 +149,26 @@ def test_batch_of_mixed_sources(image_dir):
 def test_invalid_spec(change, message):
     with pytest.raises(SpecdetError, match=message):
         preprocess(np.zeros((40, 40, 3), np.uint8), {**SPEC, **change})
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nnewpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_postscript_under_an_image_name_never_runs_ghostscript(tmp_path, monkeypatch, as_bytes):
+    """Pillow opens files by content: PostScript named .jpg would be decoded by running `gs` from PATH. Only the
+    formats of IMAGE_SUFFIXES are opened (specdet.images.OPEN_FORMATS), from a file or from bytes (a server)."""
+    from specdet.runtime.preprocess import ImageError, image_pixels
+
+    marker = tmp_path / "gs-ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(EPS)
+    spec = {"resize": None, "crop": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    with pytest.raises(ImageError, match="not an image file"):
+        image_pixels(EPS if as_bytes else photo, spec)
+    assert not marker.exists()

@@ -67,5 +67,5 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    with Image.open(buffer, formats=("JPEG",)) as decoded:
         return decoded.convert("RGB")
