@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,6 +18,9 @@ from specdet.runtime.pipeline import Batch, InputPipeline, default_workers
 from specdet.runtime.preprocess import ImageSource, check_spec, preprocess
 
 FAKE, REAL = "fake", "real"
+# A score that is not a probability (NaN from NaN weights or a manifest whose std underflows, say) is an error
+# for that image, in every entry point that scores through Detector.score (detect-predict, Ray).
+NON_FINITE = "the model produced a non-finite score"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +151,10 @@ class Detector:
         if readable:
             scores = self._runner.infer_batch(batch)
             for i, p, logit in zip(readable, scores["probability"].tolist(), scores["logit"].tolist()):
+                if not 0.0 <= p <= 1.0 or math.isnan(logit):
+                    # NaN compares false both ways: a NaN probability would be labelled real. Never label it.
+                    results[i] = Result(batch.paths[i], error=NON_FINITE, frames=batch.frames[i])
+                    continue
                 results[i] = Result(batch.paths[i], probability=p, label=self.label(p), logit=logit,
                                     frames=batch.frames[i])
         return results

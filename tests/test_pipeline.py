@@ -261,3 +261,25 @@ def test_default_worker_count_follows_where_the_model_runs(tiny_checkpoint, tiny
     for artifact, options in ((tiny_checkpoint, {}), (tiny_onnx, {"providers": ["CPUExecutionProvider"]})):
         with Detector(artifact, **options) as detector:
             assert detector.runner.uses_gpu is False
+
+
+def test_a_non_finite_score_is_an_error_for_that_image_never_a_label(tiny_checkpoint, corpus, monkeypatch):
+    with Detector(tiny_checkpoint) as detector:
+        serial = detector.predict_files(corpus, batch_size=4, workers=0)
+        real = detector.runner.infer_batch
+
+        def poisoned(batch):
+            scores = real(batch)
+            scores["probability"][0], scores["logit"][0] = np.nan, np.nan
+            return scores
+
+        monkeypatch.setattr(detector.runner, "infer_batch", poisoned)
+        got = detector.predict_files(corpus, batch_size=4, workers=2)
+    # The first readable file of each batch of four got the NaN.
+    poisoned_at = {next(b + i for i, r in enumerate(serial[b:b + 4]) if r.ok)
+                   for b in range(0, len(corpus), 4) if any(r.ok for r in serial[b:b + 4])}
+    for position, (before, after) in enumerate(zip(serial, got)):
+        if position in poisoned_at:
+            assert after.error == "the model produced a non-finite score" and after.label is None
+        else:
+            assert after == before
