@@ -137,7 +137,9 @@ class Detector:
         if workers is None:
             workers = default_workers(self._runner.uses_gpu) if batches > 1 else 0
         results: list[Result] = []
-        with InputPipeline(self.preprocessing, self.max_pixels, step, min(workers, batches)) as pipeline:
+        # Slots sized for the files there are: a --batch-size of 65536 over ten files allocates ten crops.
+        size = max(1, min(step, len(paths)))
+        with InputPipeline(self.preprocessing, self.max_pixels, size, min(workers, batches)) as pipeline:
             for batch in pipeline.batches(paths):
                 results.extend(self.score(batch))
                 if progress is not None:

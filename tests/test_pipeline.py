@@ -283,3 +283,17 @@ def test_a_non_finite_score_is_an_error_for_that_image_never_a_label(tiny_checkp
             assert after.error == "the model produced a non-finite score" and after.label is None
         else:
             assert after == before
+
+
+def test_a_huge_batch_size_over_few_files_allocates_for_the_files(tiny_checkpoint, corpus, monkeypatch):
+    sizes = []
+    original = InputPipeline.__init__
+
+    def spy(self, spec, max_pixels, batch_size, workers, **kwargs):
+        sizes.append(batch_size)
+        original(self, spec, max_pixels, batch_size, workers, **kwargs)
+
+    monkeypatch.setattr(InputPipeline, "__init__", spy)
+    with Detector(tiny_checkpoint) as detector:
+        results = detector.predict_files(corpus[:5], batch_size=65536, workers=0)
+    assert sizes == [5] and [r.path for r in results] == corpus[:5]
