@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from specdet import cli
 from specdet.cli import add_debug_flag, run
 from specdet.errors import SpecdetError
 from specdet.images import IMAGE_SUFFIXES, collect_images
-from specdet.limits import MAX_PIXELS, MAX_PIXELS_CEILING
+from specdet.limits import MAX_LIST_BYTES, MAX_PIXELS, MAX_PIXELS_CEILING
 from specdet.progress import bar as progress_bar
 from specdet.runtime.base import BACKENDS, RunnerOptions
 from specdet.runtime.detector import Detector, Result
@@ -123,7 +124,16 @@ def _list_paths(lists: Sequence[Path]) -> list[Path]:
     paths = []
     for listing in lists:
         try:
-            lines = listing.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+            # A FIFO would block (even its open, hence O_NONBLOCK) and /dev/zero never end: only a regular file of
+            # bounded size is read.
+            with os.fdopen(os.open(listing, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+                info = os.fstat(file.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise SpecdetError(f"the path list {listing} is not a regular file (a FIFO or device): give a file")
+                if info.st_size > MAX_LIST_BYTES:
+                    raise SpecdetError(f"the path list {listing} has {info.st_size} bytes, more than {MAX_LIST_BYTES}: "
+                                       "split it")
+                lines = file.read(MAX_LIST_BYTES + 1).decode("utf-8", errors="surrogateescape").splitlines()
         except OSError as err:
             raise SpecdetError(f"cannot read the path list {listing}: {err.strerror or err}") from None
         paths.extend(Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#"))

@@ -133,6 +133,8 @@ def _check_regular_file(path: Path) -> None:
         raise ImageError(path, kind) from None
     except OSError as err:
         raise ImageError(path, f"cannot read it ({err.strerror})") from err
+    except ValueError:  # os.stat refuses a path with a NUL byte
+        raise ImageError(path, "the path holds a NUL byte: no file can have that name") from None
     if stat.S_ISDIR(mode):
         raise ImageError(path, "a folder, not an image")
     if not stat.S_ISREG(mode):

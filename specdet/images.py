@@ -55,12 +55,21 @@ def collect_images(paths: Sequence[Path]) -> list[Path]:
     """
     files = []
     for path in paths:
-        if path.is_dir():
+        if _is_dir(path):
             found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             files.extend(sorted(found, key=str))
         else:
             files.append(path)
     return files
+
+
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, False for a path that cannot be a folder (a NUL byte, a name too long): scoring then
+    reports it as one skipped file instead of the whole run failing."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def folder_images(folder: str | Path) -> list[Path]:

@@ -16,6 +16,8 @@ from specdet.errors import SpecdetError
 MAX_THREADS = 1024
 # A batch beyond this does not fit any accelerator's memory at 224 x 224.
 MAX_BATCH = 65536
+# A --list file: a billion bytes is tens of millions of paths, more than one run should hold in memory.
+MAX_LIST_BYTES = 1_000_000_000
 # Input worker processes (--workers): 0 reads in the scoring process itself.
 MAX_WORKERS = 256
 # Shared memory for the input pipeline's batch slots: fewer slots (never under two) when batches are large.

@@ -297,3 +297,28 @@ def test_a_huge_batch_size_over_few_files_allocates_for_the_files(tiny_checkpoin
     with Detector(tiny_checkpoint) as detector:
         results = detector.predict_files(corpus[:5], batch_size=65536, workers=0)
     assert sizes == [5] and [r.path for r in results] == corpus[:5]
+
+
+def test_list_files_that_never_end_or_block_are_one_line_errors(tiny_checkpoint, tmp_path, capsys):
+    from specdet.runtime.cli import main
+
+    fifo = tmp_path / "paths.fifo"
+    os.mkfifo(fifo)
+    for listing in (fifo, Path("/dev/zero")):
+        assert main([str(tiny_checkpoint), "--list", str(listing)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is not a regular file" in err and len(err.splitlines()) == 1
+
+
+def test_impossible_paths_in_a_list_cost_their_line_only(tiny_checkpoint, corpus, tmp_path, capsys):
+    """A NUL byte or a name too long for the file system: each is one skipped line, the rest are scored."""
+    from specdet.runtime.cli import main
+
+    good = corpus[0]
+    listing = tmp_path / "paths.txt"
+    listing.write_bytes(b"\n".join([good.encode(), b"/tmp/a\x00b.jpg", b"/tmp/" + b"x" * 5000 + b".jpg", b""]))
+    assert main([str(tiny_checkpoint), "--list", str(listing), "--csv"]) == 1
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 2 and good in out  # the header and the good file
+    skipped = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 2 and "NUL byte" in skipped[0] and "File name too long" in skipped[1]
