@@ -25,6 +25,7 @@ from specdet.benchmarks import accuracy, loading, machine, peaks, stats, timing,
 from specdet.benchmarks import images as image_sets
 from specdet.benchmarks.progress import Progress
 from specdet.errors import SpecdetError
+from specdet.limits import MAX_BATCH, check_count
 from specdet.manifest import Manifest
 from specdet.runtime.preprocess import preprocess
 from specdet.versions import library_versions
@@ -136,7 +137,14 @@ def _plan(config: Config) -> tuple[Path, list[tuple[variants.Variant, Path]]]:
     for variant, artifact in pairs:
         if variant.backend != "torch":
             _check_batch_range(artifact, config.batch_sizes)
+    check_batch_limit(config.batch_sizes)  # a checkpoint has no batch range of its own
     return checkpoint, pairs
+
+
+def check_batch_limit(sizes: Sequence[int]) -> None:
+    """Every batch size within specdet's limit, before one is allocated (a batch of 1,000,000 photos was 140 GiB)."""
+    for size in sizes:
+        check_count(size, "--batch-sizes", MAX_BATCH)
 
 
 def _load(checkpoint: Path, pairs, threads: int | None, progress: Progress) -> list[loading.Loaded]:

@@ -111,6 +111,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.artifacts:
         record = bench.run(config, progress)
     else:
+        bench.check_batch_limit(batch_sizes)  # before the built-in model is exported for the largest
         with tempfile.TemporaryDirectory(prefix="detect-bench-") as folder:
             config.artifacts = bench.builtin_artifacts(Path(folder), max(batch_sizes))
             config.builtin = True

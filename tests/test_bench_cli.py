@@ -187,3 +187,15 @@ def test_registry_selection(tiny_checkpoint, tiny_onnx):
     assert all(variants.VARIANTS[n].device == "cpu" or variants.VARIANTS[n].requires() is None for n in names)
     assert variants.VARIANTS["onnxruntime-cpu"].suffixes == (".onnx",)
     assert variants.select(["tensorrt"], tiny_checkpoint, [tiny_onnx], strict=False) == []
+
+
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+def test_a_batch_beyond_the_limit_is_one_line_before_anything_is_allocated(with_checkpoint, tiny_checkpoint, tmp_path,
+                                                                            capsys):
+    """A checkpoint has no batch range, and the built-in default none either: 1,000,000 was a MemoryError (exit 3)."""
+    argv = [tiny_checkpoint] if with_checkpoint else []
+    code, _, err = _run([*argv, "--batch-sizes", "1,1000000", "--out", tmp_path / "out", "--quiet"], capsys)
+    from specdet.limits import MAX_BATCH as LIMIT
+
+    assert code == 2 and f"--batch-sizes=1000000 is out of range: give a whole number from 1 to {LIMIT}" in err
+    assert len(err.strip().splitlines()) == 1
