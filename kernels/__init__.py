@@ -15,3 +15,7 @@ ONNX node (``specdet.export.plugin_ops``), the plugin, the reference and the doc
   (ctypes), :mod:`specdet.kernels.torch_ops` (CUDA kernels of the ``specdet::`` torch ops),
   :mod:`specdet.kernels.plugin_registry` (Python stand-in creators, TensorRT-RTX parse/build report).
 """
+
+from specdet._shadowing import hand_over
+
+hand_over(__name__)  # imported as a bare `kernels` from the repository root: the installed package instead

@@ -12,7 +12,11 @@ every entry point and every subpackage does first) wraps the finder of the
 root's ``sys.path`` entry (a path hook) so that it does not see those seven
 names: Python then finds them as if the root were not on the path, the
 installed package of that name or nothing (``find_spec`` returns None and
-``import`` raises ``ModuleNotFoundError``, exactly as without us). ``specdet.kernels`` and
+``import`` raises ``ModuleNotFoundError``, exactly as without us). Code that
+imports one of those names before anything imported specdet (``python -c
+"import kernels"`` in the root) runs the folder's ``__init__.py`` under the
+bare name; each ends with :func:`hand_over`, which puts the installed package
+in its place (or raises ``ModuleNotFoundError``). ``specdet.kernels`` and
 the other subpackages are untouched (they are found by their ``specdet.``
 names). Nothing is installed outside a source checkout (a wheel has no such
 folders at its root).
@@ -20,6 +24,8 @@ folders at its root).
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -70,3 +76,21 @@ def install() -> None:
     sys.path_hooks.insert(0, _root_hook)
     for entry in [e for e in sys.path_importer_cache if isinstance(e, str) and _is_root(e)]:
         del sys.path_importer_cache[entry]
+
+
+def hand_over(name: str) -> None:
+    """Called last by each of the seven folders' ``__init__.py`` with its ``__name__``: imported under its bare name
+    (``kernels``, not ``specdet.kernels``), the module becomes the installed package of that name."""
+    if name not in SUBPACKAGES:
+        return  # imported as specdet.<name>: the normal case
+    install()
+    spec = importlib.machinery.PathFinder.find_spec(name, [p for p in sys.path if not _is_root(p)])
+    if spec is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # what the import statement returns once this __init__.py has run
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise

@@ -74,3 +74,14 @@ def test_the_main_suite_runs_on_the_numpy_users_get():
     in_test_extra = [r for r in importlib.metadata.requires("specdet") if 'extra == "test"' in r]
     assert in_test_extra and not any(r.startswith("nvidia-pytriton") for r in in_test_extra)
     assert int(numpy.__version__.split(".")[0]) >= 2, f"numpy {numpy.__version__}: the test venv took the serve extra"
+
+
+def test_a_bare_import_before_specdet_gets_the_installed_package_or_fails():
+    """`python -c "import kernels"` in the root runs our kernels/__init__.py under the bare name first; it hands
+    the name over to the installed package (or fails as Python would without us)."""
+    done = _python("-c", "import kernels; print(kernels.__file__)")
+    assert done.returncode == 0, done.stderr
+    assert not done.stdout.strip().startswith(str(ROOT / "kernels")), done.stdout
+    for name in ("models", "runtime", "benchmarks"):
+        done = _python("-c", f"import {name}")
+        assert done.returncode == 1 and f"ModuleNotFoundError: No module named '{name}'" in done.stderr, done.stderr
