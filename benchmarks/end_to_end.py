@@ -116,6 +116,12 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
                 "largest_probability_difference": max(differences),
             })
         largest = max(workers)
+        # The serial loop's crops, hashed once, against the workers' (and the device's) crops.
+        serial = _crops_digest(runner, spec, max_pixels, step, 0, paths, False, pin) if largest else None
+
+        def same(on_device: bool) -> bool:
+            return _crops_digest(runner, spec, max_pixels, step, largest, paths, on_device, pin) == serial
+
         record: dict[str, Any] = {
             "format": FORMAT, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "artifact": artifact.name, "architecture": runner.info.architecture,
@@ -125,9 +131,8 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
             "machine": machine.describe(), "versions": library_versions(("numpy", "pillow", "torchvision", "openvino")),
             "rows": rows, "same_as_float_input": same_as_float_input, "repeatable": repeatable,
             "cudnn_deterministic": pin,
-            "identical_crops": _same_crops(runner, spec, max_pixels, step, largest, paths, False, pin) if largest else None,
-            "identical_device_crops": (_same_crops(runner, spec, max_pixels, step, largest, paths, True, pin)
-                                       if largest and resize_on_device else None),
+            "identical_crops": same(False) if largest else None,
+            "identical_device_crops": same(True) if largest and resize_on_device else None,
         }
         if decode_gpu:
             try:
@@ -160,24 +165,21 @@ def _timed_pass(runner, pipeline: InputPipeline, paths: list[str]) -> dict[str, 
     return {"seconds": time.perf_counter() - start, "busy_s": busy, "probabilities": probabilities}
 
 
-def _same_crops(runner, spec, max_pixels, step, workers, paths, on_device: bool, gpu: bool) -> bool:
-    """Whether ``workers`` processes give byte for byte the serial loop's crops (an untimed pass each); with
-    ``on_device``, the crops the runner makes from the regions the workers ship (on the GPU with ``gpu``)."""
-    digests = []
-    for count, device in ((0, False), (workers, on_device)):
-        digest = hashlib.sha256()
-        with InputPipeline(spec, max_pixels, step, count, resize_on_device=device) as pipeline:
-            for batch in pipeline.batches(paths):
-                digest.update(repr(batch.errors).encode())
-                if not device:
-                    crops = batch.crops
-                elif gpu:
-                    crops = runner.device_crops(batch).cpu().numpy()
-                else:
-                    crops = finish_crops(batch)
-                digest.update(np.ascontiguousarray(crops).tobytes())
-        digests.append(digest.hexdigest())
-    return digests[0] == digests[1]
+def _crops_digest(runner, spec, max_pixels, step, workers, paths, on_device: bool, gpu: bool) -> str:
+    """A hash of every file's error and crop as ``workers`` processes give them (an untimed pass); with
+    ``on_device``, of the crops the runner makes from the regions the workers ship (on the GPU with ``gpu``)."""
+    digest = hashlib.sha256()
+    with InputPipeline(spec, max_pixels, step, workers, resize_on_device=on_device) as pipeline:
+        for batch in pipeline.batches(paths):
+            digest.update(repr(batch.errors).encode())
+            if not on_device:
+                crops = batch.crops
+            elif gpu:
+                crops = runner.device_crops(batch).cpu().numpy()
+            else:
+                crops = finish_crops(batch)
+            digest.update(np.ascontiguousarray(crops).tobytes())
+    return digest.hexdigest()
 
 
 def gpu_decode_row(runner, spec, step, paths, repeats, reference) -> dict[str, Any]:
