@@ -4,10 +4,12 @@ What users who score folders see: JPEG decoding, resizing and cropping
 (:mod:`specdet.runtime.pipeline`), the host-to-device copy, normalisation and
 the model, with the files in the page cache (each set is read once before
 timing). Each worker count (0: the serial loop in the scoring process) is
-timed ``repeats`` times over the whole set; the report gives images/s (median,
-min, max) and the fraction of the wall time the scoring process spent inside
-the model call (copies and synchronisation included: the most the accelerator
-can have been busy). The probabilities of every worker count are compared
+timed ``repeats`` times over the whole set, scored as ``Detector.predict_files``
+scores (:func:`~specdet.runtime.base.score_batches`: one batch in flight). The
+report gives images/s (median, min, max), the fraction of the wall time the
+scoring process spent in the runner (submitting batches, waiting for scores)
+and, on a GPU, the fraction the model kept it busy (CUDA events around the
+model on its stream; copies, normalisation and resizing not counted). The probabilities of every worker count are compared
 with the serial loop's, and one untimed pass compares the uint8 crops byte by
 byte. With ``decode="gpu"`` a further row decodes JPEGs with nvJPEG
 (``torchvision.io.decode_jpeg`` on the device) and resizes there: not
@@ -20,6 +22,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,6 +33,7 @@ import numpy as np
 
 from specdet.benchmarks import loading, machine, variants
 from specdet.files import atomic_write
+from specdet.runtime.base import score_batches
 from specdet.runtime.pipeline import InputPipeline, finish_crops
 from specdet.runtime.preprocess import normalise
 from specdet.versions import library_versions
@@ -78,9 +82,13 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
     if pin:
         import torch
 
-        # cuDNN may pick convolution algorithms whose sums vary run to run (seen: 1e-5 in dual_branch_vit_b16's
-        # probabilities between passes over the same files): the rows compare scores, so they need the same ones.
+        # The rows compare scores, so they need the same sums every time: cuDNN may pick convolution algorithms
+        # whose sums vary run to run, and cuBLAS may too unless its workspace is fixed (read when its first handle
+        # is made, so set before the model loads). Seen: 1e-5 in dual_branch_vit_b16's probabilities between passes
+        # over the same files with cuDNN alone made deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
     loaded = loading.load(variant, artifact, threads)
     runner = loaded.runner
     try:
@@ -110,6 +118,8 @@ def run(artifact: Path, variant_name: str, files: Sequence[Path], *, workers: Se
             rows.append({
                 "workers": count, "resize": "device" if on_device else "worker", "images_per_s": _spread(rates),
                 "busy_fraction": _spread([p["busy_s"] / p["seconds"] for p in passes]),
+                "gpu_busy_fraction": (_spread([p["gpu_s"] / p["seconds"] for p in passes])
+                                      if passes[0]["gpu_s"] is not None else None),
                 "seconds": [round(p["seconds"], 4) for p in passes],
                 "first_pass_s": round(first["seconds"], 4) if first else None,
                 "identical_probabilities": max(differences) == 0.0,
@@ -151,18 +161,38 @@ def _largest_difference(probabilities: list[float | None], reference: list[float
     return max((abs(a - b) for a, b in pairs), default=0.0)
 
 
+class _Timed:
+    """A runner whose ``submit_batch`` calls and the waits for their scores add up in :attr:`seconds`."""
+
+    def __init__(self, runner):
+        self.runner, self.seconds = runner, 0.0
+
+    def submit_batch(self, batch):
+        entered = time.perf_counter()
+        wait = self.runner.submit_batch(batch)
+        self.seconds += time.perf_counter() - entered
+
+        def timed_wait():
+            entered = time.perf_counter()
+            scores = wait()
+            self.seconds += time.perf_counter() - entered
+            return scores
+
+        return timed_wait
+
+
 def _timed_pass(runner, pipeline: InputPipeline, paths: list[str]) -> dict[str, Any]:
-    busy = 0.0
+    """One pass over ``paths`` as Detector.predict_files makes it (score_batches: one batch in flight)."""
+    timed = _Timed(runner)
+    gpu_before = getattr(runner, "gpu_seconds", None)
     probabilities: list[float | None] = []
     start = time.perf_counter()
-    for batch in pipeline.batches(paths):
-        scored = iter(())
-        if batch.crops.shape[0]:
-            entered = time.perf_counter()
-            scored = iter(runner.infer_batch(batch)["probability"].tolist())
-            busy += time.perf_counter() - entered
+    for batch, scores in score_batches(timed, pipeline.batches(paths)):
+        scored = iter(() if scores is None else scores["probability"].tolist())
         probabilities.extend(None if error else next(scored) for error in batch.errors)
-    return {"seconds": time.perf_counter() - start, "busy_s": busy, "probabilities": probabilities}
+    seconds = time.perf_counter() - start
+    gpu = None if gpu_before is None else runner.gpu_seconds - gpu_before
+    return {"seconds": seconds, "busy_s": timed.seconds, "gpu_s": gpu, "probabilities": probabilities}
 
 
 def _crops_digest(runner, spec, max_pixels, step, workers, paths, on_device: bool, gpu: bool) -> str:
@@ -222,16 +252,18 @@ def markdown(record: dict[str, Any]) -> str:
         f"{record['batch_size']}, {record['repeats']} passes per row; {cpu['cpu']}, {cpu['logical_cpus']} CPUs "
         f"({', '.join(cpu['simd'])}). {record['date']}.",
         "",
-        "| workers | resize on | images/s (median) | min | max | in the model call | first pass (workers starting) "
-        "| largest difference from serial |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| workers | resize on | images/s (median) | min | max | scoring process in the runner | GPU busy (model) "
+        "| first pass (workers starting) | largest difference from serial |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     serial = record["rows"][0]["images_per_s"]["median"]
     for row in record["rows"]:
         rate = row["images_per_s"]
         first = "" if row["first_pass_s"] is None else f"{row['first_pass_s']:.2f} s"
+        gpu = row.get("gpu_busy_fraction")
+        gpu = "" if gpu is None else f"{100 * gpu['median']:.0f} %"
         lines.append(f"| {row['workers']} | {row['resize']} | {rate['median']:.1f} ({rate['median'] / serial:.2f}x) | "
-                     f"{rate['min']:.1f} | {rate['max']:.1f} | {100 * row['busy_fraction']['median']:.0f} % | {first} | "
+                     f"{rate['min']:.1f} | {rate['max']:.1f} | {100 * row['busy_fraction']['median']:.0f} % | {gpu} | {first} | "
                      f"{row['largest_probability_difference']:.3g} |")
     yes = {True: "yes", False: "NO", None: "not checked"}
     lines += ["", f"- the runner gives the same scores for the same batch, 20 times: {yes[record['repeatable']]}",

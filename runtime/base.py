@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -159,6 +159,14 @@ class Runner(abc.ABC):
         (here on the CPU; a runner on a GPU resizes them there, to the same bytes)."""
         return self.infer_crops(finish_crops(batch))
 
+    def submit_batch(self, batch: Batch) -> Callable[[], dict[str, np.ndarray]]:
+        """Start scoring a batch the input pipeline read; returns a function that waits for its scores (as
+        :meth:`infer_batch` gives them). Once this returns, the batch's memory (its slot) is no longer read, so the
+        caller may ask for the next batch. Here the batch is scored before returning; a runner on a GPU returns
+        once the batch is on its device, and scores it while the caller reads the next (:func:`score_batches`)."""
+        scores = self.infer_batch(batch)
+        return lambda: scores
+
     def _infer_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """Normalise on the CPU (:func:`~specdet.runtime.preprocess.normalise`) and run :meth:`infer`'s checks and
         backend. A runner on a GPU overrides this to copy the four-times smaller uint8 batch and normalise on
@@ -216,6 +224,20 @@ class Runner(abc.ABC):
         if limit is not None and batch.shape[0] > limit:
             raise SpecdetError(f"batch of {batch.shape[0]} images; {self.artifact.name} takes 1 to {limit}: use a "
                                f"smaller --batch-size or {batch_range_remedy(self.artifact)}")
+
+
+def score_batches(runner: Runner, batches: Iterable[Batch]) -> Iterator[tuple[Batch, dict[str, np.ndarray] | None]]:
+    """Each batch with its scores (None when no file in it was readable), in order, one batch in flight: the
+    runner scores a batch (:meth:`Runner.submit_batch`) while the next one is asked for. A batch comes out after
+    the next has been asked for: its crops are gone by then, its paths, errors and frames are not."""
+    pending: tuple[Batch, Callable[[], dict[str, np.ndarray]] | None] | None = None
+    for batch in batches:
+        submitted = (batch, runner.submit_batch(batch) if batch.readable else None)
+        if pending is not None:
+            yield pending[0], pending[1]() if pending[1] else None
+        pending = submitted
+    if pending is not None:
+        yield pending[0], pending[1]() if pending[1] else None
 
 
 def _outputs(outputs: dict[str, Any], count: int) -> dict[str, np.ndarray]:

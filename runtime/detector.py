@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_BATCH, MAX_PIXELS, MAX_PIXELS_CEILING, check_count
-from specdet.runtime.base import Runner, RunnerOptions, create_runner, remake_remedy
+from specdet.runtime.base import Runner, RunnerOptions, create_runner, remake_remedy, score_batches
 from specdet.runtime.pipeline import Batch, InputPipeline, default_workers
 from specdet.runtime.preprocess import ImageSource, check_spec, preprocess
 
@@ -139,20 +139,28 @@ class Detector:
         results: list[Result] = []
         # Slots sized for the files there are: a --batch-size of 65536 over ten files allocates ten crops.
         size = max(1, min(step, len(paths)))
-        with InputPipeline(self.preprocessing, self.max_pixels, size, min(workers, batches)) as pipeline:
-            for batch in pipeline.batches(paths):
-                results.extend(self.score(batch))
+        with InputPipeline(self.preprocessing, self.max_pixels, size, min(workers, len(paths))) as pipeline:
+            for batch, scored in self.scored(pipeline.batches(paths)):
+                results.extend(scored)
                 if progress is not None:
                     progress(len(batch.paths))
         return results
 
+    def scored(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, list[Result]]]:
+        """Each batch the input pipeline reads with its results, in order; the runner scores a batch while the
+        next one is read (:func:`~specdet.runtime.base.score_batches`)."""
+        for batch, scores in score_batches(self._runner, batches):
+            yield batch, self._results(batch, scores)
+
     def score(self, batch: Batch) -> list[Result]:
         """The results of one batch the input pipeline read: its readable files scored, the rest with their errors."""
+        return self._results(batch, self._runner.infer_batch(batch) if batch.readable else None)
+
+    def _results(self, batch: Batch, scores: dict[str, np.ndarray] | None) -> list[Result]:
+        """A batch's results from its readable files' scores (None: none was readable)."""
         results = [Result(path, error=error) for path, error in zip(batch.paths, batch.errors)]
-        readable = batch.readable
-        if readable:
-            scores = self._runner.infer_batch(batch)
-            for i, p, logit in zip(readable, scores["probability"].tolist(), scores["logit"].tolist()):
+        if scores is not None:
+            for i, p, logit in zip(batch.readable, scores["probability"].tolist(), scores["logit"].tolist()):
                 if not 0.0 <= p <= 1.0 or math.isnan(logit):
                     # NaN compares false both ways: a NaN probability would be labelled real. Never label it.
                     results[i] = Result(batch.paths[i], error=NON_FINITE, frames=batch.frames[i])

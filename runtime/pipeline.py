@@ -3,18 +3,23 @@
 One process decoding JPEGs with Pillow delivers a few hundred images a
 second, a small fraction of what a GPU scores (and on a CPU it leaves cores
 idle while the model waits). :class:`InputPipeline` runs ``workers``
-processes, each reading whole batches of files with
+processes, each reading files with
 :func:`~specdet.runtime.preprocess.image_crop` (the same code as the serial
 path, so the crops are byte-identical) into one of a fixed number of batch
 slots in shared memory; the consumer gets the batches back in order.
 
+- **Batches shared among workers**: each worker reads a few consecutive
+  files of a batch (a task, up to :data:`TASK_FILES`) into that batch's slot,
+  so a batch is ready after a few files' decoding instead of a whole batch's:
+  one worker per batch kept a GPU idle for the first batches while every
+  worker decoded its own, then left it a queue of batches at the end.
 - **Bounded memory**: ``depth`` slots (default two per worker) of
   ``batch x crop x crop x 3`` bytes; a slot is reused only once the consumer
   has asked for the next batch, so a slow consumer stalls the workers instead
   of growing a queue.
 - **Errors per file**, as the serial path reports them (:class:`ImageError`
   reasons); a worker that dies (killed, or crashed in a decoder) is replaced
-  and its batch read again once; if that worker dies too, the batch's files
+  and its task read again once; if that worker dies too, the task's files
   are reported with the reason, and the run goes on.
 - **Nothing left behind**: the slots live in one anonymous shared mapping
   (``multiprocessing.RawArray``: its file is unlinked as soon as it is made),
@@ -58,6 +63,7 @@ from specdet.runtime import resample
 from specdet.runtime.preprocess import ImageError, check_spec, crop_pixels, decoded
 from specdet.runtime.resample import CropPlan
 
+TASK_FILES = 8  # the most files a worker reads per task (fewer when the workers outnumber a batch's tasks)
 ARENA_BYTES_PER_IMAGE = 4 << 20  # per image of a batch: photos up to about 1.3 megapixels go to the device whole
 
 _POLL_S = 1.0  # how often a waiting consumer looks for dead workers that closed no pipe
@@ -169,7 +175,8 @@ class _Layout:
 
 
 def _worker(conn: Connection, buffer: Any, layout: _Layout, spec: dict[str, Any], max_pixels: int) -> None:
-    """A worker's loop: ``(slot, paths)`` in, ``read_batch``'s lists out, until ``None`` or a closed pipe."""
+    """A worker's loop: ``(slot, first, arena range, paths)`` in, ``read_batch``'s lists out (into the slot's crops
+    from ``first`` on, and that range of its arena), until ``None`` or a closed pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle: it ends us
     crops, arenas = layout.views(buffer)
     while True:
@@ -179,19 +186,46 @@ def _worker(conn: Connection, buffer: Any, layout: _Layout, spec: dict[str, Any]
             return
         if task is None:
             return
-        slot, paths = task
-        conn.send(read_batch(paths, spec, max_pixels, crops[slot], None if arenas is None else arenas[slot]))
+        slot, first, room, paths = task
+        arena = None if room is None else arenas[slot][room[0]:room[0] + room[1]]
+        conn.send(read_batch(paths, spec, max_pixels, crops[slot][first:first + len(paths)], arena))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """Some consecutive files of one batch, read by one worker into that batch's slot."""
+
+    number: int  # the batch's
+    first: int  # the position of its first file in the batch
+    paths: list[str]
+
+
+@dataclasses.dataclass
+class _Run:
+    """The state of one :meth:`InputPipeline.batches` call over its workers (task: an index into ``tasks``)."""
+
+    tasks: list[_Task]
+    free: list[int]  # slots no batch holds
+    slots: dict[int, int] = dataclasses.field(default_factory=dict)  # batch number -> its slot, until yielded
+    done: dict[int, tuple] = dataclasses.field(default_factory=dict)  # task -> what read_batch returned
+    held: int | None = None  # the slot of the batch the consumer has now
+    queued: list[int] = dataclasses.field(init=False)  # tasks not yet given to a worker, the next one last
+    tries: list[int] = dataclasses.field(init=False)  # task -> times a worker died reading it
+
+    def __post_init__(self) -> None:
+        self.queued = list(range(len(self.tasks)))[::-1]
+        self.tries = [0] * len(self.tasks)
 
 
 class _Worker:
-    """One worker process and its end of the pipe, and the batch it holds."""
+    """One worker process and its end of the pipe, and the task it holds."""
 
     def __init__(self, context, buffer, layout, spec, max_pixels):
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker, args=(child, buffer, layout, spec, max_pixels), daemon=True)
         self.process.start()
         child.close()
-        self.task: tuple[int, int] | None = None  # (batch number, slot) while busy
+        self.task: int | None = None  # the task it reads (_Run.tasks), while busy
 
     def stop(self) -> None:
         try:
@@ -222,6 +256,9 @@ class InputPipeline:
         crop = spec["crop"]
         fits = max(2, MAX_SLOT_BYTES // (batch_size * crop * crop * 3))
         self.depth = check_count(depth or min(2 * max(workers, 1), fits), "depth", 4 * MAX_WORKERS)
+        # Files per worker task: a batch's files shared among the workers, so that the first batch is ready (and
+        # the accelerator busy) after a few files' time, not a whole batch's, and the last ones end together.
+        self.task_size = max(1, min(TASK_FILES, -(-batch_size // max(workers, 1))))
         self.report = report or (lambda line: print(line, file=sys.stderr))
         self.restarts = 0
         depth = self.depth if workers else 1
@@ -296,67 +333,94 @@ class InputPipeline:
             self._pin(pinned)
 
     def _parallel(self, chunks: list[list[str]]) -> Iterator[Batch]:
-        while len(self._pool) < min(self.workers, len(chunks)):
+        tasks = [_Task(number, first, chunk[first:first + self.task_size])
+                 for number, chunk in enumerate(chunks) for first in range(0, len(chunk), self.task_size)]
+        while len(self._pool) < min(self.workers, len(tasks)):
             self._pool.append(self._start())
         self._pin(True)
-        free = list(range(self.depth))
-        done: dict[int, tuple[int, tuple]] = {}  # batch number -> (slot, what read_batch returned)
-        tries = [0] * len(chunks)
-        queued = list(range(len(chunks)))[::-1]  # batch numbers not yet given to a worker, next one last
-        held: int | None = None  # the slot of the batch the consumer has now
-        for number in range(len(chunks)):
-            if held is not None:  # the consumer asked for the next batch: it is done with the last one
-                free.append(held)
-                held = None
-            while number not in done:
-                self._assign(queued, free, chunks)
-                self._collect(done, queued, free, chunks, tries)
-            slot, read = done.pop(number)
-            held = slot
-            self._assign(queued, free, chunks)  # before yielding: idle workers read on while the consumer scores
-            yield self._batch(chunks[number], slot, read)
+        run = _Run(tasks, free=list(range(self.depth)))
+        first_task = 0
+        for number, chunk in enumerate(chunks):
+            if run.held is not None:  # the consumer asked for the next batch: it is done with the last one
+                run.free.append(run.held)
+                run.held = None
+            count = -(-len(chunk) // self.task_size)
+            mine = range(first_task, first_task + count)
+            first_task += count
+            while any(t not in run.done for t in mine):
+                self._assign(run)
+                self._collect(run)
+            slot = run.slots.pop(number)
+            run.held = slot
+            read = self._assemble(slot, [(tasks[t].first, run.done.pop(t)) for t in mine])
+            self._assign(run)  # before yielding: idle workers read on while the consumer scores
+            yield self._batch(chunk, slot, read)
 
-    def _assign(self, queued: list[int], free: list[int], chunks: list[list[str]]) -> None:
+    def _assemble(self, slot: int, parts: list[tuple[int, tuple]]) -> tuple[list, list, list]:
+        """One batch's ``read_batch`` lists from its tasks', its crops moved down over the unreadable files' places
+        (each task packed its readable files first within its own range of the slot)."""
+        errors, frames, regions = [], [], []
+        share = self._layout.arena // self.batch_size
+        filled = 0
+        for first, (task_errors, task_frames, task_regions) in parts:
+            readable = task_errors.count(None)
+            if filled != first and readable:
+                self._views[slot][filled:filled + readable] = self._views[slot][first:first + readable]
+            regions += [(filled + position, first * share + offset, crop_plan)
+                        for position, offset, crop_plan in task_regions]
+            errors += task_errors
+            frames += task_frames
+            filled += readable
+        return errors, frames, regions
+
+    def _assign(self, run: _Run) -> None:
+        """Give queued tasks to idle workers, in order; a batch takes a free slot when its first task goes out."""
         for worker in self._pool:
-            if worker.task is None and queued and free:
-                number, slot = queued.pop(), free.pop()
-                worker.task = (number, slot)
-                try:
-                    worker.conn.send((slot, chunks[number]))
-                except OSError:
-                    pass  # it died: _collect sees its sentinel and gives the batch to its replacement
+            if worker.task is not None or not run.queued:
+                continue
+            task = run.tasks[run.queued[-1]]
+            if task.number not in run.slots:
+                if not run.free:
+                    return  # every slot holds a batch the consumer has not taken yet: wait for it
+                run.slots[task.number] = run.free.pop()
+            worker.task = run.queued.pop()
+            share = self._layout.arena // self.batch_size
+            arena = (share * task.first, share * len(task.paths)) if share else None
+            try:
+                worker.conn.send((run.slots[task.number], task.first, arena, task.paths))
+            except OSError:
+                pass  # it died: _collect sees its sentinel and gives the task to its replacement
 
-    def _collect(self, done, queued, free, chunks, tries) -> None:
+    def _collect(self, run: _Run) -> None:
         busy = [w for w in self._pool if w.task is not None]
         ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=_POLL_S)
         for worker in busy:
-            number, slot = worker.task
             if worker.conn in ready:
                 try:
                     read = worker.conn.recv()
                 except (EOFError, OSError):
                     pass  # died after taking the task: handled below as a dead worker
                 else:
-                    done[number] = (slot, read)
+                    run.done[worker.task] = read
                     worker.task = None
                     continue
             if worker.process.sentinel in ready or not worker.process.is_alive():
-                self._replace(worker, number, slot, done, queued, free, chunks, tries)
+                self._replace(worker, run)
 
-    def _replace(self, worker, number, slot, done, queued, free, chunks, tries) -> None:
-        """A worker died holding batch ``number``: start another; read the batch again, once."""
+    def _replace(self, worker: _Worker, run: _Run) -> None:
+        """A worker died holding a task: start another; read the task's files again, once."""
         worker.process.join()
         code = worker.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         worker.conn.close()
+        key = worker.task
         self._pool[self._pool.index(worker)] = self._start()
         self.restarts += 1
-        tries[number] += 1
-        chunk = chunks[number]
-        if tries[number] == 1:
-            self.report(f"note: an input worker died ({how}) reading {len(chunk)} files; reading them again")
-            queued.append(number)  # next in line: the consumer waits for it
-            free.append(slot)
+        run.tries[key] += 1
+        paths = run.tasks[key].paths
+        if run.tries[key] == 1:
+            self.report(f"note: an input worker died ({how}) reading {len(paths)} files; reading them again")
+            run.queued.append(key)  # next in line: the consumer waits for it
         else:
-            reason = f"the input worker reading it died twice ({how}): a file in this batch may crash the decoder"
-            done[number] = (slot, ([reason] * len(chunk), [1] * len(chunk), []))
+            reason = f"the input worker reading it died twice ({how}): a file among these may crash the decoder"
+            run.done[key] = ([reason] * len(paths), [1] * len(paths), [])

@@ -224,7 +224,8 @@ class _Scorer:
         self.pipeline = InputPipeline(self.detector.preprocessing, self.detector.max_pixels, job.batch_size, job.workers)
 
     def __call__(self, batch: dict[str, Any]):
-        return _table([r for read in self.pipeline.batches(batch["path"].tolist()) for r in self.detector.score(read)])
+        reads = self.pipeline.batches(batch["path"].tolist())
+        return _table([r for _, results in self.detector.scored(reads) for r in results])
 
 
 def _utf8(path: str) -> bool:

@@ -67,7 +67,7 @@ def _piped(paths: list[str], workers: int, batch: int, **kwargs) -> list[tuple[s
     return out
 
 
-@pytest.mark.parametrize("workers,batch", [(0, 4), (1, 3), (2, 4), (3, 1)])
+@pytest.mark.parametrize("workers,batch", [(0, 4), (1, 3), (2, 4), (3, 1), (2, 7), (4, 9)])
 def test_crops_errors_and_order_match_the_serial_path(corpus, workers, batch):
     assert _piped(corpus, workers, batch) == _serial(corpus)
 
@@ -131,6 +131,50 @@ def test_a_file_that_kills_its_worker_twice_costs_its_batch_only(corpus, monkeyp
     assert any(p.endswith("photo.jpg") for p in lost) and len(lost) <= 3 * 2  # its batch, each time it appears
     expected = {p: e for p, (e, _, _) in zip(corpus, _serial(corpus))}
     assert all(e == expected[p] for p, e in got if p not in lost)
+
+
+def test_the_workers_share_each_batch(image_dir, tmp_path, monkeypatch):
+    """A batch's files go to several workers (tasks of a few files), so the first batch is ready after a few
+    files' decoding instead of a whole batch's."""
+    log = tmp_path / "readers"
+
+    def logged(path, spec, max_pixels):
+        with open(log, "a") as file:
+            file.write(f"{os.getpid()} {path}\n")
+        return decoded(path, spec, max_pixels)
+
+    monkeypatch.setattr(pipeline, "decoded", logged)
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
+    paths = (good * 8)[:16]
+    with InputPipeline(SPEC, 64_000_000, 8, 2) as pipe:
+        assert pipe.task_size == 4
+        assert [len(b.paths) for b in pipe.batches(paths)] == [8, 8]
+    readers = [line.split()[0] for line in log.read_text().splitlines()]
+    assert len(readers) == 16 and len(set(readers[:8])) == 2  # both workers read the first batch
+
+
+def test_score_batches_keeps_one_batch_in_flight(corpus):
+    """The runner is given batch k + 1 before batch k's scores are waited for (a GPU scores k while the
+    workers' next batch is copied), and every batch comes out once, in order, with its own scores."""
+    from specdet.runtime.base import score_batches
+
+    calls = []
+
+    class Recorder:
+        def submit_batch(self, batch):
+            number = len([c for c in calls if c[0] == "submit"])
+            calls.append(("submit", number))
+            scores = {"probability": np.full(len(batch.readable), number, np.float32)}
+            return lambda: calls.append(("wait", number)) or scores
+
+    with InputPipeline(SPEC, 64_000_000, 4, 2) as pipe:
+        out = [(batch.paths, scores) for batch, scores in score_batches(Recorder(), pipe.batches(corpus))]
+    assert [p for paths, _ in out for p in paths] == corpus
+    submitted = [n for kind, n in calls if kind == "submit"]
+    assert [n for kind, n in calls if kind == "wait"] == submitted == list(range(len(submitted)))
+    for number in submitted[:-1]:  # k + 1 submitted before k is waited for
+        assert calls.index(("submit", number + 1)) < calls.index(("wait", number))
+    assert [int(s["probability"][0]) for _, s in out if s is not None] == submitted
 
 
 def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path, monkeypatch):
@@ -233,6 +277,7 @@ def test_detect_predict_refuses_a_bad_worker_count_in_one_line(tiny_checkpoint, 
 def test_regions_left_for_the_device_give_the_serial_crops(corpus, monkeypatch, room):
     """resize_on_device: the workers ship input regions, resized by the runner (here on the CPU, in torch); with
     little room in the arena some images are cropped by the worker instead. Either way: Pillow's bytes."""
+    default = pipeline.ARENA_BYTES_PER_IMAGE
     monkeypatch.setattr(pipeline, "ARENA_BYTES_PER_IMAGE", room)
     out, shipped = [], 0
     with InputPipeline(SPEC, 64_000_000, 4, 2, resize_on_device=True) as pipe:
@@ -243,7 +288,8 @@ def test_regions_left_for_the_device_give_the_serial_crops(corpus, monkeypatch, 
     assert out == _serial(corpus)
     readable = sum(e is None for e, _, _ in out)
     # With the default room every region fits; with less, the photo-size one does not and its worker crops it.
-    assert 0 < shipped == readable if room == pipeline.ARENA_BYTES_PER_IMAGE else 0 < shipped < readable
+    # (A task's two files share 2 MB: the 1500 x 1100 photo's region, about 2.9 MB, does not fit.)
+    assert 0 < shipped == readable if room == default else 0 < shipped < readable
 
 
 def test_detector_scores_device_regions_as_crops(tiny_checkpoint, corpus):
