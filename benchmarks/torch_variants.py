@@ -44,6 +44,7 @@ class TorchVariantRunner(Runner):
         self._cuda_graphs = cuda_graphs
         self._turn = 0  # which of the two score buffers the next batch takes
         self._copy_stream = torch.cuda.Stream() if self._device.type == "cuda" else None
+        self._normalise = None  # normalise_constants on the device, made on first use
         self.gpu_seconds = 0.0  # the model's GPU time so far (CUDA only): what the end-to-end benchmark reports
 
     def _forward(self, x):
@@ -109,7 +110,7 @@ class TorchVariantRunner(Runner):
             copied.record()
         compute.wait_event(copied)
         crops.record_stream(compute)  # made on the copy stream, read on this one: not reused before that is done
-        wait = self._launch(normalise_tensor(crops, self.info.preprocessing))
+        wait = self._launch(normalise_tensor(crops, self.info.preprocessing, self._constants()))
         copied.synchronize()  # a blocking event: sleeps, leaving the core to the input workers
         return wait
 
@@ -144,7 +145,15 @@ class TorchVariantRunner(Runner):
         from specdet.runtime.torch_runner import normalise_tensor
 
         self.ensure_open()
-        return self._run(normalise_tensor(crops, self.info.preprocessing))
+        return self._run(normalise_tensor(crops, self.info.preprocessing, self._constants()))
+
+    def _constants(self):
+        """The normalisation constants on the device, made once."""
+        if self._normalise is None:
+            from specdet.runtime.torch_runner import normalise_constants
+
+            self._normalise = normalise_constants(self.info.preprocessing, self._device)
+        return self._normalise
 
     def _run(self, x) -> dict[str, np.ndarray]:
         return self._launch(x)()
@@ -189,6 +198,7 @@ class TorchVariantRunner(Runner):
     def _close(self) -> None:
         self._graphs.clear()
         self._pinned.clear()
+        self._normalise = None
         del self._call
         self._base.close()
 

@@ -13,18 +13,25 @@ from specdet.models import checkpoint
 from specdet.runtime.base import ArtifactInfo, Runner, RunnerOptions, TensorSpec
 
 
-def normalise_tensor(crops: torch.Tensor, spec: dict) -> torch.Tensor:
+def normalise_tensor(crops: torch.Tensor, spec: dict, constants: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """:func:`specdet.runtime.preprocess.normalise` in torch, on the crops' device, to the same float32 values.
 
     uint8 ``[N, crop, crop, 3]`` in, float32 ``[N, 3, crop, crop]`` out. Every
     division is by a tensor: CUDA divides by a Python scalar as a product
     with its reciprocal, which can differ from NumPy in the last bit.
+    ``constants`` (:func:`normalise_constants`, made once on the device) spares
+    the copies of the constants, each of which waits for the device's stream.
     """
-    device = crops.device
+    scale, mean, std = constants or normalise_constants(spec, crops.device)
+    return (crops.permute(0, 3, 1, 2).float() / scale - mean) / std
+
+
+def normalise_constants(spec: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The divisors and mean of :func:`normalise_tensor` on ``device``: 255, mean and std, float32."""
     scale = torch.full((1, 1, 1, 1), 255.0, dtype=torch.float32, device=device)
     mean = torch.tensor(spec["mean"], dtype=torch.float32, device=device).reshape(1, 3, 1, 1)
     std = torch.tensor(spec["std"], dtype=torch.float32, device=device).reshape(1, 3, 1, 1)
-    return (crops.permute(0, 3, 1, 2).float() / scale - mean) / std
+    return scale, mean, std
 
 
 class TorchRunner(Runner):
