@@ -22,6 +22,7 @@ then differ by a few levels from the full resize that training used.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -192,14 +193,30 @@ def crop_pixels(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
 def normalise(crops: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """uint8 ``[N, crop, crop, 3]`` crops to the model's float32 ``[N, 3, crop, crop]`` input: ``(x / 255 - mean) / std``.
 
-    The one definition of the arithmetic; a runner that normalises on its
-    device (:meth:`specdet.runtime.base.Runner.infer_crops`) must give the
-    same float32 values, operation for operation.
+    The one definition of the arithmetic (:func:`normalise_table`); a runner
+    that normalises on its device (:meth:`specdet.runtime.base.Runner.infer_crops`)
+    must give the same float32 values, operation for operation. Each output is
+    looked up in the table of its channel's 256 values rather than computed:
+    the same values (every operation is correctly rounded, in the table as over
+    the array), in about a third of the time, which a CPU backend's scoring
+    thread spends on every image.
     """
-    pixels = crops.astype(np.float32).transpose(0, 3, 1, 2)
-    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-    return (pixels / np.float32(255.0) - mean) / std
+    table = normalise_table(tuple(spec["mean"]), tuple(spec["std"]))
+    out = np.empty((crops.shape[0], 3, *crops.shape[1:3]), dtype=np.float32)
+    for channel in range(3):
+        out[:, channel] = table[channel][crops[..., channel]]
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``(x / 255 - mean) / std`` in float32 for every uint8 ``x``, per channel: ``[3, 256]``."""
+    values = np.arange(256, dtype=np.float32)[None, :]
+    mean_f32 = np.asarray(mean, dtype=np.float32).reshape(3, 1)
+    std_f32 = np.asarray(std, dtype=np.float32).reshape(3, 1)
+    table = (values / np.float32(255.0) - mean_f32) / std_f32
+    table.flags.writeable = False  # shared by every call (lru_cache)
+    return table
 
 
 def check_spec(spec: Any) -> None:

@@ -153,6 +153,22 @@ def test_the_workers_share_each_batch(image_dir, tmp_path, monkeypatch):
     assert len(readers) == 16 and len(set(readers[:8])) == 2  # both workers read the first batch
 
 
+def test_the_normalisation_table_gives_the_formulas_values():
+    """normalise looks values up in a table: the same float32 values as the elementwise formula, for every
+    uint8 value of each channel (odd constants included, where a fused or reordered computation would differ)."""
+    from specdet.runtime.preprocess import normalise_table
+
+    crops = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None, None], 3, axis=3).repeat(2, axis=2)
+    for mean, std in [(SPEC["mean"], SPEC["std"]), ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
+                      ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]), ([1e-3, 0.9, 0.3333], [1e-2, 3.7, 0.777])]:
+        spec = {**SPEC, "mean": mean, "std": std}
+        pixels = crops.astype(np.float32).transpose(0, 3, 1, 2)
+        formula = (pixels / np.float32(255.0) - np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(
+            std, np.float32).reshape(1, 3, 1, 1)
+        assert normalise(crops, spec).tobytes() == formula.tobytes()
+        assert normalise_table(tuple(mean), tuple(std)).shape == (3, 256)
+
+
 def test_score_batches_keeps_one_batch_in_flight(corpus):
     """The runner is given batch k + 1 before batch k's scores are waited for (a GPU scores k while the
     workers' next batch is copied), and every batch comes out once, in order, with its own scores."""
