@@ -116,15 +116,12 @@ class TorchVariantRunner(Runner):
 
     def device_crops(self, batch):
         """The batch's uint8 ``[N, crop, crop, 3]`` crops on the device, its regions resized there."""
-        from specdet.runtime.resample import resize_crop
+        from specdet.runtime.resample import resize_regions
 
         crops = self._to_device(batch.crops, batch.pinned)
         if batch.regions:
             end = max(offset + int(np.prod(plan.shape)) for _, offset, plan in batch.regions)
-            arena = self._to_device(batch.arena[:end], batch.pinned)
-            for position, offset, plan in batch.regions:
-                size = int(np.prod(plan.shape))
-                crops[position] = resize_crop(arena[offset:offset + size].view(plan.shape), plan)
+            resize_regions(self._to_device(batch.arena[:end], batch.pinned), batch.regions, crops)
         return crops
 
     def _to_device(self, array: np.ndarray, pinned: bool):

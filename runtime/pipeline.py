@@ -112,9 +112,7 @@ def finish_crops(batch: Batch) -> np.ndarray:
     if batch.regions:
         import torch
 
-        for position, offset, crop_plan in batch.regions:
-            pixels = torch.from_numpy(batch.region(offset, crop_plan))
-            batch.crops[position] = resample.resize_crop(pixels, crop_plan).numpy()
+        resample.resize_regions(torch.from_numpy(batch.arena), batch.regions, torch.from_numpy(batch.crops))
     return batch.crops
 
 

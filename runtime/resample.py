@@ -119,34 +119,89 @@ def plan(size: tuple[int, int], spec: dict[str, Any]) -> CropPlan:
 def resize_crop(pixels, crop_plan: CropPlan):
     """Apply ``crop_plan`` to ``pixels``, a torch uint8 tensor of :attr:`CropPlan.shape` holding exactly the plan's
     input rows and columns (on any device): the ``[crop, crop, 3]`` uint8 centre crop, Pillow's bytes."""
-    steps = [(crop_plan.col_start, crop_plan.col_weights, 1), (crop_plan.row_start, crop_plan.row_weights, 0)]
-    if crop_plan.vertical_first:
-        steps.reverse()
-    for start, weights, axis in steps:
-        pixels = _take(pixels, start, axis) if weights is None else _pass(pixels, start, weights, axis)
-    return pixels
+    crop = len(crop_plan.row_start)
+    out = pixels.new_empty((1, crop, crop, 3))
+    resize_regions(pixels.reshape(-1), [(0, 0, crop_plan)], out)
+    return out[0]
+
+
+def resize_regions(arena, regions: list[tuple[int, int, CropPlan]], crops) -> None:
+    """The crops of a batch's regions, all at once: for each ``(position, offset, CropPlan)``, ``crops[position]``
+    (a uint8 ``[N, crop, crop, 3]`` tensor) from the region's pixels at byte ``offset`` of ``arena`` (uint8, on the
+    crops' device), as :func:`resize_crop` makes it.
+
+    Images whose passes are alike (their order, and which axes resize) run as one zero-padded batch: per pass, a
+    gather and an integer multiply-add per tap, however many images there are (one small kernel sequence per
+    image kept a GPU waiting on the launches). Each image's indices stay inside its own pixels, so the padding
+    is never read.
+    """
+
+    groups: dict[tuple[bool, bool, bool], list[tuple[int, int, CropPlan]]] = {}
+    for region in regions:
+        crop_plan = region[2]
+        key = (crop_plan.vertical_first, crop_plan.row_weights is None, crop_plan.col_weights is None)
+        groups.setdefault(key, []).append(region)
+    for members in groups.values():
+        made = _resize_group(arena, members)
+        for number, (position, _, _) in enumerate(members):
+            crops[position] = made[number]
+
+
+def _resize_group(arena, members: list[tuple[int, int, CropPlan]]):
+    """``[len(members), crop, crop, 3]`` uint8: the crops of regions whose plans have the same passes."""
+    import torch
+
+    shapes = [crop_plan.shape for _, _, crop_plan in members]
+    x = torch.zeros((len(members), max(s[0] for s in shapes), max(s[1] for s in shapes), 3), dtype=torch.uint8,
+                    device=arena.device)
+    for number, ((_, offset, _), (height, width, _)) in enumerate(zip(members, shapes)):
+        x[number, :height, :width] = arena[offset:offset + height * width * 3].view(height, width, 3)
+    plans = [crop_plan for _, _, crop_plan in members]
+    extents = {0: [s[0] for s in shapes], 1: [s[1] for s in shapes]}  # each image's rows and columns so far
+    axes = [1, 0] if not plans[0].vertical_first else [0, 1]
+    for axis in axes:
+        starts = [p.row_start if axis == 0 else p.col_start for p in plans]
+        weights = [p.row_weights if axis == 0 else p.col_weights for p in plans]
+        x = _take(x, np.stack(starts), axis) if weights[0] is None else _pass(x, starts, weights, extents[axis], axis)
+        extents[axis] = [len(starts[0])] * len(plans)
+    return x
 
 
 def _take(x, start: np.ndarray, axis: int):
+    """The rows (``axis`` 0) or columns (1) ``start[g]`` of each image ``g`` of ``x`` ``[G, H, W, 3]``."""
     import torch
 
     index = torch.as_tensor(start, device=x.device)
-    return x[:, index] if axis == 1 else x[index]
+    count = start.shape[1]
+    if axis == 1:
+        return torch.gather(x, 2, index[:, None, :, None].expand(x.shape[0], x.shape[1], count, 3))
+    return torch.gather(x, 1, index[:, :, None, None].expand(x.shape[0], count, x.shape[2], 3))
 
 
-def _pass(x, start: np.ndarray, weights: np.ndarray, axis: int):
-    """One fixed-point pass along ``axis`` (0: rows, 1: columns) of a uint8 ``[H, W, 3]`` tensor."""
+def _pass(x, starts: list[np.ndarray], weights: list[np.ndarray], extents: list[int], axis: int):
+    """One fixed-point pass along ``axis`` (0: rows, 1: columns) of each image of a uint8 ``[G, H, W, 3]`` tensor:
+    image ``g``'s output ``i`` sums its input ``starts[g][i] + t`` (within its ``extents[g]``) times
+    ``weights[g][i, t]``, zero past its taps."""
     import torch
 
     device = x.device
-    taps = weights.shape[1]
-    index = np.minimum(start[:, None] + np.arange(taps)[None, :], x.shape[axis] - 1)  # past the taps: weight 0
-    index = torch.as_tensor(index, device=device)
-    w = torch.as_tensor(weights, device=device)
+    count, taps = len(starts[0]), max(w.shape[1] for w in weights)
+    index = np.zeros((len(starts), count, taps), dtype=np.int64)
+    table = np.zeros((len(starts), count, taps), dtype=np.int32)
+    for number, (start, weight, extent) in enumerate(zip(starts, weights, extents)):
+        index[number] = np.minimum(start[:, None] + np.arange(taps)[None, :], extent - 1)  # past its taps: weight 0
+        table[number, :, :weight.shape[1]] = weight
+    index, table = torch.as_tensor(index, device=device), torch.as_tensor(table, device=device)
+    images = x.shape[0]
     if axis == 1:
-        total = (x[:, index].to(torch.int32) * w[None, :, :, None]).sum(2)  # [H, out, 3], int64: cannot overflow
+        shape, picks = (images, x.shape[1], count, 3), lambda t: (index[:, None, :, t, None], table[:, None, :, t, None])
     else:
-        total = (x[index].to(torch.int32) * w[:, :, None, None]).sum(1)
-    total = total + (1 << (PRECISION_BITS - 1))
+        shape, picks = (images, count, x.shape[2], 3), lambda t: (index[:, :, t, None, None], table[:, :, t, None, None])
+    # Pillow's accumulator is a C int from the rounding bias: 22-bit weights summing to about 1 over uint8 cannot
+    # overflow it, so int32 here gives its sums exactly, tap by tap in any order.
+    total = torch.full(shape, 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=device)
+    for tap in range(taps):
+        at, weight = picks(tap)
+        total += torch.gather(x, axis + 1, at.expand(shape)).to(torch.int32) * weight
     # Pillow's clip8: 0 at or below zero, else the sum shifted down, at most 255.
     return torch.where(total <= 0, 0, total >> PRECISION_BITS).clamp_(max=255).to(torch.uint8)

@@ -47,6 +47,28 @@ def test_crops_are_pillow_bytes_on_random_sizes(interpolation, resize, crop, cou
         assert differ.size == 0, f"{width}x{height}: {len(differ)} bytes differ, first at {differ[0].tolist()}"
 
 
+def test_a_batch_of_mixed_regions_resized_at_once_gives_each_images_bytes():
+    """resize_regions: regions of many sizes and both pass orders in one arena, resized in padded groups, each
+    crop equal to Pillow's (and none written but its own)."""
+    spec = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    rng = np.random.default_rng(3)
+    sizes = _sizes(24, seed=5)[:24] + [(256, 256), (224, 300), (512, 1038), (900, 256), (1, 700), (700, 1)]
+    images = [_photo(rng, w, h) for w, h in sizes]
+    arena, regions, offset = [], [], 0
+    for number, image in enumerate(images):
+        plan = resample.plan(image.size, spec)
+        pixels = np.ascontiguousarray(np.asarray(image)[plan.rows[0]:plan.rows[1], plan.cols[0]:plan.cols[1]])
+        arena.append(pixels.reshape(-1))
+        regions.append((len(images) - 1 - number, offset, plan))  # positions reversed: each goes to its own place
+        offset += pixels.size
+    assert len({(p.vertical_first, p.row_weights is None, p.col_weights is None) for _, _, p in regions}) >= 3
+    crops = torch.full((len(images), 224, 224, 3), 7, dtype=torch.uint8)
+    resample.resize_regions(torch.from_numpy(np.concatenate(arena)), regions, crops)
+    for number, image in enumerate(images):
+        expected = image_crop(image, spec, max_pixels=10**9)[0]
+        assert np.array_equal(crops[len(images) - 1 - number].numpy(), expected), image.size
+
+
 @pytest.mark.skipif(not resample._VERTICAL_FIRST_RULE, reason="this Pillow always resizes horizontally first")
 def test_both_pass_orders_occur_and_matter():
     spec = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
