@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -19,8 +18,16 @@ from specdet.runtime.preprocess import ImageSource, check_spec, preprocess
 
 FAKE, REAL = "fake", "real"
 # A score that is not a probability (NaN from NaN weights or a manifest whose std underflows, say) is an error
-# for that image, in every entry point that scores through Detector.score (detect-predict, Ray).
+# for that image, in every entry point that labels scores: Detector.score (detect-predict, Ray) and the
+# Triton postprocess model (specdet.serve.python_models), through labelled().
 NON_FINITE = "the model produced a non-finite score"
+
+
+def labelled(probability: np.ndarray, logit: np.ndarray) -> np.ndarray:
+    """Which scores may be labelled: a probability from 0 to 1 and a logit that is not NaN (an infinite logit
+    is a saturated sigmoid). NaN compares false both ways, so a NaN probability would otherwise be "real"."""
+    probability, logit = np.asarray(probability), np.asarray(logit)
+    return (probability >= 0) & (probability <= 1) & ~np.isnan(logit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +159,9 @@ class Detector:
         readable = batch.readable
         if readable:
             scores = self._runner.infer_batch(batch)
-            for i, p, logit in zip(readable, scores["probability"].tolist(), scores["logit"].tolist()):
-                if not 0.0 <= p <= 1.0 or math.isnan(logit):
-                    # NaN compares false both ways: a NaN probability would be labelled real. Never label it.
+            ok = labelled(scores["probability"], scores["logit"]).tolist()
+            for i, good, p, logit in zip(readable, ok, scores["probability"].tolist(), scores["logit"].tolist()):
+                if not good:
                     results[i] = Result(batch.paths[i], error=NON_FINITE, frames=batch.frames[i])
                     continue
                 results[i] = Result(batch.paths[i], probability=p, label=self.label(p), logit=logit,
