@@ -307,9 +307,10 @@ def preprocessing_problems(spec: Any) -> list[str]:
         if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_finite(v) for v in value)):
             problems.append(f"{key} must list 3 numbers")
             numbers = False
-    if numbers and not finite_normalisation(spec["mean"], spec["std"]):
-        problems.append("mean and std must give finite float32 pixels: (x - mean) / std for x from 0 to 1, "
-                        "with std not 0")
+    if numbers and any(v == 0 for v in spec["std"]):
+        problems.append("std must not be 0")
+    elif numbers and not finite_normalisation(spec["mean"], spec["std"]):
+        problems.append("mean and std must give finite float32 pixels: (x - mean) / std for x from 0 to 1")
     if spec.get("interpolation") not in INTERPOLATIONS:
         problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}")
     return problems
@@ -398,9 +399,6 @@ class _Parser:
     def manifest(self, data: Any) -> Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SpecdetError(f"{self.source} is not a specdet manifest: {self.remedy}")
-        problem = json_problem(data)
-        if problem is not None:
-            raise self.error(problem)
         if data.get("version") != VERSION:
             raise SpecdetError(
                 f"{self.source} is manifest version {data.get('version')!r}; this specdet reads version {VERSION}: "
@@ -427,6 +425,11 @@ class _Parser:
             provenance={k: v for k, v in data.items() if k not in _TYPED_KEYS},
         )
         self.check_input_shape(manifest)
+        # After the typed fields (their messages name them): the rest (config, provenance) must be JSON that
+        # every reader can take and every writer can write back.
+        problem = json_problem(data)
+        if problem is not None:
+            raise self.error(problem)
         return manifest
 
     def check_input_shape(self, manifest: Manifest) -> None:
