@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes
 # A NullHandler keeps them off stderr; an application that configures logging
 # still gets them through propagation.
 logging.getLogger("PIL").addHandler(logging.NullHandler())
+# Pillow warns about images above its pixel threshold, which --max-pixels may raise specdet's limit past
+# (up to MAX_PIXELS_CEILING, where Pillow's own error takes over): the limits here decide, so the warning
+# is only two stray lines on stderr beside the result or the "skipped" line.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # The manifest's interpolation names are PIL's filter names, lower case.
 _FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
