@@ -24,10 +24,14 @@ NON_FINITE = "the model produced a non-finite score"
 
 
 def labelled(probability: np.ndarray, logit: np.ndarray) -> np.ndarray:
-    """Which scores may be labelled: a probability from 0 to 1 and a logit that is not NaN (an infinite logit
-    is a saturated sigmoid). NaN compares false both ways, so a NaN probability would otherwise be "real"."""
+    """Which scores may be labelled: a probability from 0 to 1 and a finite logit.
+
+    NaN compares false both ways, so a NaN probability would otherwise be "real". An infinite logit is no
+    healthy model's (float32 reaches 3e38): it comes from an infinite weight, and its probability of 0 or 1
+    is as broken as a NaN.
+    """
     probability, logit = np.asarray(probability), np.asarray(logit)
-    return (probability >= 0) & (probability <= 1) & ~np.isnan(logit)
+    return (probability >= 0) & (probability <= 1) & np.isfinite(logit)
 
 
 @dataclasses.dataclass(frozen=True)

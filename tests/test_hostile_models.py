@@ -151,10 +151,10 @@ def test_shared_references_are_counted_as_written_out_without_expanding():
 # ---- non-finite scores: a per-image error everywhere, never a label -----------------------------------------
 
 
-def test_the_label_rule_refuses_nan_and_keeps_saturated_scores():
-    probability = np.array([0.2, np.nan, 1.0, 0.0, np.inf, -0.1], np.float32)
-    logit = np.array([-1.4, np.nan, np.inf, -np.inf, 0.0, 0.0], np.float32)
-    assert labelled(probability, logit).tolist() == [True, False, True, True, False, False]
+def test_the_label_rule_takes_only_finite_scores():
+    probability = np.array([0.2, np.nan, 1.0, 0.0, np.inf, -0.1, 1.0, 0.0], np.float32)
+    logit = np.array([-1.4, np.nan, np.inf, -np.inf, 0.0, 0.0, 90.0, -90.0], np.float32)
+    assert labelled(probability, logit).tolist() == [True, False, False, False, False, False, True, True]
 
 
 @pytest.mark.parametrize("form", [[], ["--json"], ["--csv"]])
@@ -370,6 +370,13 @@ def test_a_16_bit_image_under_the_pixel_limit_but_over_the_memory_limit_is_skipp
     assert line.startswith("skipped ") and "deep.png" in line and "GiB to decode" in line
 
 
+def test_a_raised_pixel_limit_adds_no_pillow_warning_lines(tiny_onnx, good_dir):
+    """Above Pillow's own threshold (89 megapixels) it printed a DecompressionBombWarning: two stray lines."""
+    _png_header(good_dir / "deep.png", 13_000, 13_000, 16, 0)
+    done = _run_closed("", tiny_onnx, good_dir, "--max-pixels", MAX_PIXELS_CEILING)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+
+
 def test_the_16_bit_conversion_in_blocks_is_the_exact_rounding(monkeypatch):
     preprocess = sys.modules["specdet.runtime.preprocess"]
     monkeypatch.setattr(preprocess, "_BLOCK_PIXELS", 1000)  # many blocks, one partial
@@ -425,3 +432,20 @@ def test_stderr_closed_still_scores_and_reports_through_the_exit_code(tiny_onnx,
     (good_dir / "bad.png").write_text("not a PNG")
     done = _run_closed("2>&-", tiny_onnx, good_dir, "--json")
     assert done.returncode == 1 and len(_strict_json(done.stdout)) == 3
+
+
+# ---- Ray: the same rule for its Parquet rows -----------------------------------------------------------------
+
+
+def test_ray_rows_of_a_nan_model_are_errors_not_labels(tiny_onnx, tmp_path, capsys, good_dir):
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs the ray extra (pyarrow)")
+    pytest.importorskip("ray.data", reason="needs the ray extra (ray[data])")
+    artifact = _nan_onnx(tiny_onnx, tmp_path)
+    out = tmp_path / "scores"
+    code = predict_cli.main([str(artifact), str(good_dir), "--ray", "--out", str(out), "--actors", "1",
+                             "--threads", "1"])
+    capsys.readouterr()
+    assert code == 1
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 3 and all(r["error"] == NON_FINITE and r["probability"] is None and r["label"] is None
+                                  for r in rows), rows
