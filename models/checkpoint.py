@@ -175,10 +175,15 @@ def _checkpoint_fields(path: Path, content: dict, arch: str | None) -> dict[str,
         raise SpecdetError(f"{path} lacks {', '.join(missing)}: re-save it with specdet.models.checkpoint.save")
     if arch is not None and arch != content["architecture"]:
         raise SpecdetError(f"{path} holds a {content['architecture']} model, not {arch}: drop --arch")
-    for key in ("config", "preprocessing", "metadata"):
-        if not isinstance(content[key] if key in content else {}, dict):
+    sections = {"config": content["config"], "preprocessing": content["preprocessing"],
+                "metadata": content.get("metadata") or {}}
+    for key, value in sections.items():
+        if not isinstance(value, dict):
             raise SpecdetError(f"{path}: its {key} is not a dict: re-save it with specdet.models.checkpoint.save")
-    problem = json_problem(content.get("metadata") or {})
+    if not _is_state_dict(content["state_dict"]):
+        raise SpecdetError(f"{path}: its state_dict is not named tensors: re-save it with "
+                           "specdet.models.checkpoint.save")
+    problem = json_problem(sections["metadata"])
     if problem is not None:
         raise SpecdetError(f"{path}: its metadata cannot be written as JSON ({problem}): re-save it with "
                            "specdet.models.checkpoint.save")
@@ -192,7 +197,7 @@ def _checkpoint_fields(path: Path, content: dict, arch: str | None) -> dict[str,
         "state_dict": content["state_dict"],
         "preprocessing": dict(content["preprocessing"]),
         "threshold": check_threshold(content["threshold"], f"{path}'s threshold"),
-        "metadata": dict(content.get("metadata") or {}),
+        "metadata": dict(sections["metadata"]),
     }
 
 

@@ -136,7 +136,7 @@ def _config_value(model: str, key: str, value: Any, default: Any) -> Any:
         return SpecdetError(f"config field {key}={shown[:80]} of model {model} is {what}: fix the config "
                             "(re-save the checkpoint, or --set)")
 
-    if isinstance(default, bool) or (default is None and isinstance(value, bool)):
+    if isinstance(default, bool):
         if not isinstance(value, bool):
             raise problem("not true or false")
         return value

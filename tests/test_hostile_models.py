@@ -449,3 +449,44 @@ def test_ray_rows_of_a_nan_model_are_errors_not_labels(tiny_onnx, tmp_path, caps
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 3 and all(r["error"] == NON_FINITE and r["probability"] is None and r["label"] is None
                                   for r in rows), rows
+
+
+# ---- Triton: the postprocess model applies the same rule (Triton's Python stub stood in for) -----------------
+
+
+def test_the_triton_postprocess_model_never_labels_a_non_finite_score(monkeypatch):
+    import importlib
+    import types
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class Response:
+        def __init__(self, tensors=None, error=None):
+            self.tensors, self.error = tensors, error
+
+    stub = types.ModuleType("triton_python_backend_utils")
+    stub.Tensor, stub.InferenceResponse, stub.TritonError = Tensor, Response, str
+    stub.get_input_tensor_by_name = lambda request, name: request[name]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    monkeypatch.delitem(sys.modules, "specdet.serve.python_models", raising=False)
+    python_models = importlib.import_module("specdet.serve.python_models")
+    from specdet.serve.contract import LABEL, LOGIT, PROBABILITY
+
+    model = python_models.PostprocessModel({}, {"specdet_threshold": "0.5"})
+
+    def request(probability, logit):
+        return {PROBABILITY: Tensor(PROBABILITY, np.array(probability, np.float32).reshape(-1, 1)),
+                LOGIT: Tensor(LOGIT, np.array(logit, np.float32).reshape(-1, 1))}
+
+    good, nan, infinite = model.execute([request([0.2, 0.9], [-1.4, 2.2]), request([0.2, np.nan], [-1.4, np.nan]),
+                                         request([1.0], [np.inf])])
+    assert good.error is None and [t.array.ravel().tolist() for t in good.tensors if t.name == LABEL] == [
+        [b"real", b"fake"]]
+    assert nan.error == NON_FINITE and nan.tensors is None
+    assert infinite.error == NON_FINITE
+    monkeypatch.delitem(sys.modules, "specdet.serve.python_models")  # not left importing the stand-in
