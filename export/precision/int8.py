@@ -42,8 +42,6 @@ from specdet.export.precision.measure import agreement, run_model
 from specdet.export.precision.report import PrecisionReport
 from specdet.export.precision.search import search_islands
 
-# Calibration batches whose activations ONNX Runtime holds before merging their ranges.
-_CALIBRATION_FLUSH = 4
 # Largest probability difference (INT8 file vs FP32 file) the file may leave on the calibration images: the
 # issue's fidelity goal. INT8 moves the tiny detectors' probabilities by 1e-3 to 1e-2, FP16 by 1e-5.
 DEFAULT_TOLERANCE = 0.01
@@ -260,10 +258,8 @@ def _quantize(model: Path, batches: Sequence[np.ndarray], input_name: str, exclu
             weight_type=QuantType.QInt8, activation_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=exclude, calibration_cache_path=cache,
             # Biases stay FP32: TensorRT dequantises only 8-bit and smaller types, not ORT's INT32 biases.
-            # CalibMaxIntermediateOutputs: ranges merged every few batches, not after holding every
-            # activation of every calibration image (the same ranges, in bounded memory).
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": True, "QuantizeBias": False,
-                           "TensorQuantOverrides": axes, "CalibMaxIntermediateOutputs": _CALIBRATION_FLUSH},
+                           "TensorQuantOverrides": axes},
         )
     finally:
         logging.disable(previous)
