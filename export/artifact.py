@@ -21,6 +21,7 @@ from specdet.errors import SpecdetError
 from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
 from specdet.files import check_output, file_sha256, partial_path, temporary_folder
 from specdet.images import folder_images, sample_photos
+from specdet.limits import MAX_CALIBRATION_BYTES
 from specdet.manifest import BATCH_AXIS, INPUT_NAME, ONNX_SUFFIX, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
 from specdet.models import ScoringModule
 from specdet.models import checkpoint as checkpoints
@@ -252,6 +253,12 @@ def calibration_batches(manifest: Manifest, source: str | os.PathLike | None, co
     else:
         root = Path(source)
         files = folder_images(root)
+        crop = manifest.preprocessing["crop"]
+        most = max(1, MAX_CALIBRATION_BYTES // (3 * crop * crop * 4))  # float32 pixels, all held for the search
+        if min(count, len(files)) > most:
+            raise SpecdetError(f"--calibration-count {count} would hold {min(count, len(files))} images of "
+                               f"{crop}x{crop} in memory, above the limit of {most} ({MAX_CALIBRATION_BYTES / 2**30:.1f} "
+                               f"GiB): give --calibration-count {most} or fewer")
         if count < len(files):  # spread over the folder: every source and class, not the first few
             files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count)]
         images = files

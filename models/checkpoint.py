@@ -28,6 +28,7 @@ from specdet import models
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, file_sha256
 from specdet.limits import is_probability
+from specdet.manifest import json_problem, preprocessing_problems
 
 FORMAT = "specdet-checkpoint"
 VERSION = 1
@@ -66,6 +67,14 @@ def save(
         )
     if preprocessing is None:
         preprocessing = models.default_preprocessing(architecture)
+    state_dict = {name: t.detach().cpu() for name, t in model.state_dict().items()}
+    broken = non_finite(state_dict)
+    if broken:
+        raise SpecdetError(f"not saving {path}: {_names(broken)} hold NaN or infinite values (training diverged?); "
+                           "lower the learning rate or load an earlier checkpoint")
+    problem = json_problem(dict(metadata))
+    if problem is not None:
+        raise SpecdetError(f"not saving {path}: its metadata cannot be written as JSON ({problem}); fix the call")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -73,13 +82,24 @@ def save(
         # Every field, not just the overrides: the file then rebuilds the same
         # model even if a registry default changes later.
         "config": dataclasses.asdict(config),
-        "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
+        "state_dict": state_dict,
         "preprocessing": dict(preprocessing),
         "threshold": check_threshold(threshold, "the threshold to save"),
         "metadata": dict(metadata),
     }
     atomic_write(path, lambda file: torch.save(payload, file))
     return Path(path)
+
+
+def non_finite(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors in ``state_dict`` that hold NaN or an infinity."""
+    return [name for name, t in state_dict.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
+    return f"{len(names)} tensor(s) ({shown})"
 
 
 def check_threshold(value: Any, where: str) -> float:
@@ -155,13 +175,29 @@ def _checkpoint_fields(path: Path, content: dict, arch: str | None) -> dict[str,
         raise SpecdetError(f"{path} lacks {', '.join(missing)}: re-save it with specdet.models.checkpoint.save")
     if arch is not None and arch != content["architecture"]:
         raise SpecdetError(f"{path} holds a {content['architecture']} model, not {arch}: drop --arch")
+    sections = {"config": content["config"], "preprocessing": content["preprocessing"],
+                "metadata": content.get("metadata") or {}}
+    for key, value in sections.items():
+        if not isinstance(value, dict):
+            raise SpecdetError(f"{path}: its {key} is not a dict: re-save it with specdet.models.checkpoint.save")
+    if not _is_state_dict(content["state_dict"]):
+        raise SpecdetError(f"{path}: its state_dict is not named tensors: re-save it with "
+                           "specdet.models.checkpoint.save")
+    problem = json_problem(sections["metadata"])
+    if problem is not None:
+        raise SpecdetError(f"{path}: its metadata cannot be written as JSON ({problem}): re-save it with "
+                           "specdet.models.checkpoint.save")
+    problems = preprocessing_problems(content["preprocessing"])
+    if problems:
+        raise SpecdetError(f"{path}: invalid preprocessing ({'; '.join(problems)}): re-save it with the right "
+                           "constants")
     return {
         "architecture": content["architecture"],
         "config": dict(content["config"]),
         "state_dict": content["state_dict"],
         "preprocessing": dict(content["preprocessing"]),
         "threshold": check_threshold(content["threshold"], f"{path}'s threshold"),
-        "metadata": dict(content.get("metadata") or {}),
+        "metadata": dict(sections["metadata"]),
     }
 
 
@@ -192,7 +228,11 @@ def _build(path: Path, arch: str, config: dict[str, Any]) -> torch.nn.Module:
     _check_known(arch)
     try:
         return models.create_model(arch, **config)
-    except (TypeError, ValueError) as err:
+    except SpecdetError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        # Each field was checked (specdet.models.registry); what the constructors (torch, timm, transformers)
+        # still refuse, in types of their own, is a combination (a width the heads do not divide): the config's.
         raise SpecdetError(
             f"{path}: cannot build {arch} from its saved config ({err}): re-save it with this specdet"
         ) from err
@@ -215,4 +255,9 @@ def _load_weights(path: Path, model: torch.nn.Module, state_dict: Mapping[str, t
             f"{path} does not fit {type(model).__name__}: {'; '.join(problems)} tensors: "
             "check --arch and the config it was trained with"
         )
+    # After the shapes: a tensor is then no larger than the model's own (a stride-0 view claims any size).
+    broken = non_finite(state_dict)
+    if broken:
+        raise SpecdetError(f"{path}: {_names(broken)} hold NaN or infinite values, so every score would be NaN "
+                           "(a diverged training run?): use an earlier checkpoint or retrain with a lower --lr")
     model.load_state_dict(state_dict)

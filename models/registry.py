@@ -10,12 +10,15 @@ so that runtimes never import this package to learn how to preprocess.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from specdet.errors import SpecdetError
+from specdet.limits import MAX_CONFIG_INT, MAX_CONFIG_ITEMS, MAX_CONFIG_TEXT, MAX_INPUT_SIZE, MAX_MODEL_NUMBERS
 from specdet.models.dual_branch import DualBranch, DualBranchConfig
 from specdet.models.rine_ssca import RineSSCA, RineSSCAConfig
 
@@ -59,6 +62,17 @@ _VARIANTS: dict[str, RegistryEntry] = {
 }
 
 
+# Config fields that count blocks, bands or heads, or give the input side: each is a loop over modules
+# (or a mask of input_size squared per band) built before any weight, so a checkpoint asking for 100000
+# blocks takes hours just to build. Every other int field is bounded by MAX_CONFIG_INT, and the whole
+# model by MAX_MODEL_NUMBERS.
+_FIELD_MAX = {
+    "input_size": MAX_INPUT_SIZE, "vit_depth": 256, "vit_heads": 256, "num_bands": 64, "freq_grid": 256,
+    "fusion_heads": 256, "clip_layers": 256, "clip_heads": 256, "attn_heads": 256, "patch_size": 256,
+    "spatial_kernel": 255,
+}
+
+
 def list_models() -> list[str]:
     return sorted(_VARIANTS)
 
@@ -70,12 +84,26 @@ def model_config(name: str, **overrides) -> Any:
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise SpecdetError(f"unknown option(s) {', '.join(unknown)} for model {name}; valid: {', '.join(fields)}")
-    return dataclasses.replace(config, **overrides)
+    defaults = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    checked = {key: _config_value(name, key, value, defaults[key]) for key, value in overrides.items()}
+    return dataclasses.replace(config, **checked)
 
 
 def create_model(name: str, **overrides) -> nn.Module:
-    """Build the variant ``name``; keyword overrides replace its config fields."""
-    model = _variant(name).model(model_config(name, **overrides))
+    """Build the variant ``name``; keyword overrides replace its config fields.
+
+    Every field is checked first (:func:`model_config`), then the model is built on PyTorch's meta device
+    (shapes only, no memory) and refused above :data:`~specdet.limits.MAX_MODEL_NUMBERS` weights and buffers:
+    a config from a checkpoint cannot make this allocate until the process is killed.
+    """
+    config = model_config(name, **overrides)
+    with torch.device("meta"):  # the same modules and shapes; pretrained weights are not read for a count
+        shape = _variant(name).model(dataclasses.replace(config, pretrained=False))
+    numbers = sum(t.numel() for t in (*shape.parameters(), *shape.buffers()))
+    if numbers > MAX_MODEL_NUMBERS:
+        raise SpecdetError(f"model {name} with this config holds {numbers:,} weights and buffers, above the limit "
+                           f"of {MAX_MODEL_NUMBERS:,}: check the config (a checkpoint's, or --set)")
+    model = _variant(name).model(config)
     model.arch_name = name
     return model
 
@@ -95,6 +123,45 @@ def default_preprocessing(name: str, **overrides) -> dict:
         "std": list(stats["std"]),
         "interpolation": stats["interpolation"],
     }
+
+
+def _config_value(model: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` for the config field ``key`` if it has the default's type and is in range; else a one-line error.
+
+    Only scalars and flat lists of at most MAX_CONFIG_ITEMS numbers are taken, so a checkpoint's config that
+    nests or refers to itself (a few bytes of pickle that expand to gigabytes) is refused without expanding it.
+    """
+    def problem(what: str) -> SpecdetError:
+        shown = repr(value) if isinstance(value, (bool, int, float, str, type(None))) else type(value).__name__
+        return SpecdetError(f"config field {key}={shown[:80]} of model {model} is {what}: fix the config "
+                            "(re-save the checkpoint, or --set)")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise problem("not true or false")
+        return value
+    if isinstance(default, int):
+        high = _FIELD_MAX.get(key, MAX_CONFIG_INT)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise problem(f"not a whole number from 1 to {high}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or abs(value) > MAX_CONFIG_INT:
+            raise problem(f"not a finite number of at most {MAX_CONFIG_INT} in size")
+        return float(value)
+    if isinstance(default, str) or default is None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value) > MAX_CONFIG_TEXT:
+            raise problem(f"not text of at most {MAX_CONFIG_TEXT} characters")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_CONFIG_ITEMS or not all(
+                type(v) is int and 0 < v <= MAX_CONFIG_INT for v in value):
+            raise problem(f"not a list of at most {MAX_CONFIG_ITEMS} whole numbers from 1 to {MAX_CONFIG_INT}")
+        return tuple(value)
+    raise problem("of a kind no config field takes")  # a field type added without a rule here
 
 
 def _variant(name: str) -> RegistryEntry:

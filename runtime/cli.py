@@ -197,7 +197,7 @@ def _write(results: list[Result], form: str) -> None:
     if form == "json":
         # JSON escapes what it cannot encode (\udcxx for undecodable bytes): the path stays exact.
         rows = [{"path": r.path, "probability": r.probability, "label": r.label} for r in results]
-        json.dump(rows, sys.stdout, indent=2)
+        json.dump(rows, sys.stdout, indent=2, allow_nan=False)  # JSON has no NaN (Detector.score never gives one)
         print()
         return
     rows = [(printable(r.path), r.probability, r.label) for r in results]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,8 +18,20 @@ from specdet.runtime.preprocess import ImageSource, check_spec, preprocess
 
 FAKE, REAL = "fake", "real"
 # A score that is not a probability (NaN from NaN weights or a manifest whose std underflows, say) is an error
-# for that image, in every entry point that scores through Detector.score (detect-predict, Ray).
+# for that image, in every entry point that labels scores: Detector.score (detect-predict, Ray) and the
+# Triton postprocess model (specdet.serve.python_models), through labelled().
 NON_FINITE = "the model produced a non-finite score"
+
+
+def labelled(probability: np.ndarray, logit: np.ndarray) -> np.ndarray:
+    """Which scores may be labelled: a probability from 0 to 1 and a finite logit.
+
+    NaN compares false both ways, so a NaN probability would otherwise be "real". An infinite logit is no
+    healthy model's (float32 reaches 3e38): it comes from an infinite weight, and its probability of 0 or 1
+    is as broken as a NaN.
+    """
+    probability, logit = np.asarray(probability), np.asarray(logit)
+    return (probability >= 0) & (probability <= 1) & np.isfinite(logit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +171,9 @@ class Detector:
         """A batch's results from its readable files' scores (None: none was readable)."""
         results = [Result(path, error=error) for path, error in zip(batch.paths, batch.errors)]
         if scores is not None:
-            for i, p, logit in zip(batch.readable, scores["probability"].tolist(), scores["logit"].tolist()):
-                if not 0.0 <= p <= 1.0 or math.isnan(logit):
-                    # NaN compares false both ways: a NaN probability would be labelled real. Never label it.
+            ok = labelled(scores["probability"], scores["logit"]).tolist()
+            for i, good, p, logit in zip(batch.readable, ok, scores["probability"].tolist(), scores["logit"].tolist()):
+                if not good:
                     results[i] = Result(batch.paths[i], error=NON_FINITE, frames=batch.frames[i])
                     continue
                 results[i] = Result(batch.paths[i], probability=p, label=self.label(p), logit=logit,

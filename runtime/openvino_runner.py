@@ -105,7 +105,9 @@ class OpenVinoRunner(Runner):
 
 def _compile(core: Any, path: Path, config: dict[str, Any], fft_mode: str | None) -> Any:
     try:
-        return core.compile_model(str(path), DEVICE, config)
+        model = core.read_model(str(path))
+        _check_finite_constants(path, model)
+        return core.compile_model(model, DEVICE, config)
     except RuntimeError as err:  # OpenVINO's errors are RuntimeErrors with a multi-line trace in the text
         lines = [line.strip(" -") for line in str(err).splitlines() if line.strip(" -")]
         reason = lines[-1] if lines else type(err).__name__
@@ -113,6 +115,21 @@ def _compile(core: Any, path: Path, config: dict[str, Any], fft_mode: str | None
         # plugin ops; the matrix-product FFTs are plain MatMuls it runs.
         fix = "re-export it with detect-export --fft matmul" if fft_mode in ("dft", "plugin") else "re-export it"
         raise SpecdetError(f"OpenVINO cannot load {path} ({reason}): {fix}") from err
+
+
+def _check_finite_constants(path: Path, model: Any) -> None:
+    """Refuse weights that hold NaN or an infinity: OpenVINO's ReLU turns a NaN into 0, so such a file scores
+    finite, constant, wrong probabilities here, where ONNX Runtime scores NaN (a per-image error)."""
+    broken = []
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or not op.get_element_type().is_real():
+            continue
+        data = op.get_data()  # a view of the weights, not a copy
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            broken.append(op.get_friendly_name())
+    if broken:
+        raise SpecdetError(f"{path.name}: {len(broken)} weight tensor(s) ({', '.join(broken[:3])}) hold NaN or "
+                           "infinite values, so no score would be right: re-export it from a good checkpoint")
 
 
 def _check_names(path: Path, compiled: Any, input_name: str) -> None:

@@ -27,16 +27,17 @@ import io
 import logging
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from specdet.errors import SpecdetError
 from specdet.images import OPEN_FORMATS
-from specdet.limits import MAX_PIXELS
+from specdet.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from specdet.manifest import INTERPOLATIONS, preprocessing_problems
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes
@@ -47,6 +48,10 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes
 # A NullHandler keeps them off stderr; an application that configures logging
 # still gets them through propagation.
 logging.getLogger("PIL").addHandler(logging.NullHandler())
+# Pillow warns about images above its pixel threshold, which --max-pixels may raise specdet's limit past
+# (up to MAX_PIXELS_CEILING, where Pillow's own error takes over): the limits here decide, so the warning
+# is only two stray lines on stderr beside the result or the "skipped" line.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # The manifest's interpolation names are PIL's filter names, lower case.
 _FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
@@ -60,6 +65,10 @@ _BACKGROUND = (255, 255, 255)
 # PNG 16-bit grayscale opens as one of the "I" modes; PIL's own convert("RGB")
 # clips it at 255 instead of scaling.
 _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+# Modes with an alpha band, composited over _BACKGROUND.
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Pixels per block of the wide-mode conversion: 8 MB of float64 at a time.
+_BLOCK_PIXELS = 1 << 20
 
 
 class ImageError(SpecdetError):
@@ -105,6 +114,7 @@ def _decode(file: Path | io.BytesIO, name: object, max_pixels: int) -> tuple[Ima
     try:
         with Image.open(file, formats=OPEN_FORMATS) as image:
             _check_pixels(name, image.size, max_pixels)  # from the header, before decoding
+            _check_memory(name, image)
             # Counted before decoding: counting seeks through the frames and back to the first.
             frames = getattr(image, "n_frames", 1)
             image.load()  # decode now, so a truncated file fails here and not later
@@ -147,6 +157,29 @@ def _check_pixels(source: object, size: tuple[int, int], max_pixels: int, what: 
     if width * height > max_pixels:
         raise ImageError(source, f"{what + ' ' if what else ''}{width} x {height} is {width * height / 1e6:.1f} megapixels, "
                                  f"above the limit of {max_pixels / 1e6:.1f}: raise max_pixels (--max-pixels) if it is a real image")
+
+
+def decode_bytes(mode: str, size: tuple[int, int]) -> int:
+    """The memory decoding an image of ``mode`` and ``size`` and converting it to RGB takes at its peak.
+
+    Pillow keeps a pixel of several bands in 4 bytes and one band at its own width; the RGB result takes
+    4 more; wide modes (16-bit, 32-bit, float) add a copy at their width and two 8-bit planes
+    (:func:`_to_rgb`), and modes that may be transparent the RGBA, background and composite images.
+    """
+    info = ImageMode.getmode(mode)
+    stored = 4 if len(info.bands) > 1 else np.dtype(info.typestr).itemsize
+    extra = stored + 2 if mode in _WIDE_MODES else 12 if mode in _ALPHA_MODES or mode == "P" else 0
+    return size[0] * size[1] * (stored + 4 + extra)
+
+
+def _check_memory(source: object, image: Image.Image) -> None:
+    """Refuse, from the header, an image whose decoding would take more than MAX_IMAGE_BYTES (a 16-bit
+    13000 x 13000 PNG is under the pixel limit raised to its ceiling, but not under this)."""
+    needed = decode_bytes(image.mode, image.size)
+    if needed > MAX_IMAGE_BYTES:
+        raise ImageError(source, f"{image.width} x {image.height} {image.mode} needs {needed / 2**30:.1f} GiB to "
+                                 f"decode, above the limit of {MAX_IMAGE_BYTES / 2**30:.1f} GiB per image: "
+                                 "downscale it or save it with 8 bits per channel")
 
 
 def preprocess(images: ImageSource | Sequence[ImageSource], spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -244,15 +277,30 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _WIDE_MODES:
-        scaled = np.asarray(image, dtype=np.float64) * (255.0 / _WIDE_MODES[image.mode])
-        image = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))
+        image = _to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A wide-mode image (``_WIDE_MODES``) scaled to 8-bit ``L``: ``round(value * 255 / white)``, clipped.
+
+    Row blocks of about ``_BLOCK_PIXELS`` go through float64 at a time, so the work memory is one copy at the
+    stored width and one byte per pixel (whole-image float64 temporaries took 25 bytes per pixel).
+    """
+    pixels = np.asarray(image)
+    out = np.empty(pixels.shape, np.uint8)
+    scale = 255.0 / _WIDE_MODES[image.mode]
+    rows = max(1, _BLOCK_PIXELS // max(1, pixels.shape[1]))
+    for top in range(0, pixels.shape[0], rows):
+        block = pixels[top : top + rows].astype(np.float64) * scale
+        out[top : top + rows] = np.clip(np.round(block), 0, 255)
+    return Image.fromarray(out)
 
 
 def resize_for_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:

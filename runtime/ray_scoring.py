@@ -38,7 +38,7 @@ from typing import Any
 
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, check_output, remove_stale
-from specdet.limits import MAX_PIXELS
+from specdet.limits import MAX_PIXELS, RAY_ACTOR_BYTES
 from specdet.progress import bar as progress_bar
 from specdet.progress import on_terminal
 from specdet.runtime.base import RunnerOptions, default_backend, read_manifest, require_file, runner_class
@@ -108,6 +108,8 @@ def score_to_parquet(
     options = options or RunnerOptions()
     if options.threads is None:
         options = dataclasses.replace(options, threads=1)
+    if address is None and actors is not None:
+        check_local_actors(actors, artifact)
     check_output(out, "scores", inputs=(artifact,), folder=True)
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
@@ -136,6 +138,40 @@ def score_to_parquet(
         return summary
     finally:
         os.close(lock)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux ``MemAvailable``); None where that is not known."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def actor_bytes(artifact: Path) -> int:
+    """What one actor is taken to need: :data:`~specdet.limits.RAY_ACTOR_BYTES` and its copy of the artifact."""
+    try:
+        return RAY_ACTOR_BYTES + os.stat(artifact).st_size
+    except OSError:  # a missing artifact is reported where it is loaded
+        return RAY_ACTOR_BYTES
+
+
+def check_local_actors(actors: int, artifact: Path) -> None:
+    """Refuse more actors than this machine's free memory holds, before Ray starts (64 actors on an 8 GB
+    machine were killed by the kernel midway, taking the machine's other work with them)."""
+    memory = available_memory()
+    if memory is None:
+        return
+    each = actor_bytes(artifact)
+    most = max(1, memory // each)
+    if actors > most:
+        raise SpecdetError(f"--actors {actors} would need about {actors * each / 2**30:.1f} GiB ({each / 2**30:.1f} "
+                           f"GiB each) but this machine has {memory / 2**30:.1f} GiB available: give --actors "
+                           f"{most} or fewer, or join a larger cluster with --ray-address")
 
 
 def _batch_limit(artifact: Path, backend: str | None, options: RunnerOptions) -> int | None:
@@ -297,6 +333,9 @@ def _run(job: _Job, todo: list[str], out: Path, summary: Summary, report: Callab
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         if actors is None:
             actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+            memory = available_memory() if local else None
+            if memory is not None:  # one per CPU, as many as fit in memory
+                actors = max(1, min(actors, memory // actor_bytes(Path(job.artifact))))
         # max_restarts=0: Ray restarts a dead actor by default, and warns (an "E" line on stderr)
         # that it may fail to; a dead actor here ends the run instead, and the rerun resumes it.
         # Ray 2.60 deprecates passing it this way (a warning, silenced) without another way yet.

@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 from specdet.errors import SpecdetError
 from specdet.manifest import Manifest
 from specdet.runtime.base import create_runner
-from specdet.runtime.detector import FAKE, REAL
+from specdet.runtime.detector import FAKE, NON_FINITE, REAL, labelled
 from specdet.runtime.preprocess import image_pixels
 from specdet.serve.contract import IMAGE, LABEL, LOGIT, PIXELS, PROBABILITY
 
@@ -125,7 +125,10 @@ class PostprocessModel:
             try:
                 logit = _batch(request, LOGIT).astype(np.float32)
                 probability = _batch(request, PROBABILITY).astype(np.float32)
-                # The Detector's rule: fake at or above the threshold.
+                # The Detector's rules: a non-finite score is never labelled (here: the request's error, as its
+                # images are one answer); fake at or above the threshold.
+                if not labelled(probability, logit).all():
+                    raise SpecdetError(NON_FINITE)
                 label = np.where(probability >= self._threshold, FAKE.encode(), REAL.encode()).astype(np.object_)
                 responses.append(pb_utils.InferenceResponse(
                     [pb_utils.Tensor(LOGIT, logit), pb_utils.Tensor(PROBABILITY, probability),

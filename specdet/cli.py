@@ -12,6 +12,8 @@ Exit codes of every ``detect-*`` command:
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import math
 import os
 import sys
@@ -80,6 +82,7 @@ PROBABILITY = number_range(0.0, 1.0)
 
 def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run ``command(args)``; errors become one line on stderr and their exit code (see the module doc)."""
+    _hold_closed_streams()
     try:
         code = command(args)
         sys.stdout.flush()  # a full disk or a closed pipe shows here, not in a traceback at exit
@@ -109,6 +112,37 @@ def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         print(f"{_name()}: internal error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback "
               "and report it)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+class _ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` of a process started with it closed (``>&-``): a command that prints its results
+    fails in one line (an OSError, exit 2) when it first writes; one that writes only files runs."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed (started with >&-): redirect it to a file or "
+                      "/dev/null instead")
+
+    def fileno(self) -> int:
+        return 1
+
+
+def _hold_closed_streams() -> None:
+    """Make descriptors 1 and 2 safe when the process started with them closed (Python then sets None).
+
+    Each gets /dev/null first, so that a file opened later cannot take the number and receive what a
+    library prints to it; stderr then discards, and stdout fails on the first print (:class:`_ClosedStdout`).
+    """
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        setattr(sys, name, _ClosedStdout() if fd == 1 else open(fd, "w", closefd=False))  # noqa: SIM115
 
 
 def _discard_stdout() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from specdet.errors import SpecdetError
+from specdet.images import IMAGE_SUFFIXES
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -112,8 +113,8 @@ def check_output(path: str | os.PathLike, what: str, *, inputs: tuple[str | os.P
     ``path`` is where the ``what`` (e.g. "checkpoint") will go: a file, or a
     folder with ``folder``. Missing parent folders are fine (they are made
     when writing); an existing folder where a file is wanted, a file where a
-    folder is wanted, a parent that is a file or is read-only, or the same
-    file as one of ``inputs`` are one-line errors.
+    folder is wanted, a parent that is a file or is read-only, the same
+    file as one of ``inputs``, or an image inside an input folder are one-line errors.
     """
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
@@ -121,8 +122,13 @@ def check_output(path: str | os.PathLike, what: str, *, inputs: tuple[str | os.P
     if not folder and path.is_dir():
         raise SpecdetError(f"{path} is a folder: give a file name for the {what}")
     for source in inputs:
-        if path.resolve() == Path(source).resolve():
+        source = Path(source).resolve()
+        if path.resolve() == source:
             raise SpecdetError(f"{path} is also an input: writing the {what} there would destroy it; give another name")
+        # An input folder's images are inputs too (a training image given as -o); other files in it are not.
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and source in path.resolve().parents:
+            raise SpecdetError(f"{path} is an image in the input folder {source}: writing the {what} there would "
+                               "destroy it; give another name")
     ancestor = path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent

@@ -34,10 +34,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from specdet import onnx_metadata
 from specdet.errors import SpecdetError
 from specdet.files import atomic_write, file_sha256
-from specdet.limits import is_probability
+from specdet.limits import MAX_INPUT_SIZE, MAX_JSON_DEPTH, MAX_JSON_VALUES, is_probability
 
 FORMAT = "specdet-manifest"
 VERSION = 1
@@ -295,19 +297,66 @@ def preprocessing_problems(spec: Any) -> list[str]:
     if not isinstance(spec, dict):
         return ["it is not a dict"]
     problems = []
-    if not _positive_int(spec.get("crop")):
-        problems.append("crop must be a positive integer")
+    if not _positive_int(spec.get("crop")) or spec["crop"] > MAX_INPUT_SIZE:
+        problems.append(f"crop must be a whole number from 1 to {MAX_INPUT_SIZE}")
     if spec.get("resize") is not None and not _positive_int(spec.get("resize")):
         problems.append("resize must be a positive integer or null")
+    numbers = True
     for key in ("mean", "std"):
         value = spec.get(key)
         if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_finite(v) for v in value)):
             problems.append(f"{key} must list 3 numbers")
-        elif key == "std" and any(v == 0 for v in value):
-            problems.append("std must not be 0")
+            numbers = False
+    if numbers and any(v == 0 for v in spec["std"]):
+        problems.append("std must not be 0")
+    elif numbers and not finite_normalisation(spec["mean"], spec["std"]):
+        problems.append("mean and std must give finite float32 pixels: (x - mean) / std for x from 0 to 1")
     if spec.get("interpolation") not in INTERPOLATIONS:
         problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}")
     return problems
+
+
+def finite_normalisation(mean: Any, std: Any) -> bool:
+    """Whether every pixel normalises to a finite float32: the rule every runtime applies (C/C++ mirrors it).
+
+    Per channel, in float32 as :func:`specdet.runtime.preprocess.normalise` computes it: ``mean`` and ``std``
+    are finite float32 values, ``std`` is not 0, and ``(0 - mean) / std`` and ``(1 - mean) / std`` are
+    finite (pixels run from 0 to 1, and the map is monotone, so the ends bound it). A std of 1e-40 (0 in
+    float32, or a denormal whose reciprocal overflows) or a mean of 1e38 would otherwise score NaN.
+    """
+    with np.errstate(all="ignore"):
+        m, s = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+        ends = np.stack([(np.float32(0) - m) / s, (np.float32(1) - m) / s])
+    return bool(np.isfinite(m).all() and np.isfinite(s).all() and (s != 0).all() and np.isfinite(ends).all())
+
+
+def json_problem(data: Any) -> str | None:
+    """What keeps ``data`` (parsed JSON, or a checkpoint's metadata) from being written as JSON anywhere, or None.
+
+    It must nest at most :data:`~specdet.limits.MAX_JSON_DEPTH` deep and hold at most
+    :data:`~specdet.limits.MAX_JSON_VALUES` values counted as written out (a pickle can refer to one list
+    many times: a few bytes that expand to gigabytes, caught here after that many steps, not expanded),
+    with text keys and finite numbers only (``NaN`` is not JSON). Iterative: no depth overflows the stack.
+    """
+    stack, seen = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_JSON_VALUES:
+            return f"it holds more than {MAX_JSON_VALUES:,} values"
+        if depth > MAX_JSON_DEPTH:
+            return f"it nests more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(value, dict):
+            if not all(isinstance(key, str) for key in value):
+                return "an object has a key that is not text"
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"it holds the number {value}, which JSON cannot write"
+        elif not (value is None or isinstance(value, (str, int, float))):
+            return f"it holds a {type(value).__name__}, which JSON cannot write"
+    return None
 
 
 def _read_sidecar(artifact: Path, path: Path, remedy: str) -> Manifest:
@@ -325,6 +374,8 @@ def _parse_json(text: str, source: str, remedy: str) -> Manifest:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise SpecdetError(f"{source} is not valid JSON ({err}): {remedy}") from err
+    except RecursionError as err:  # the parser recurses once per level
+        raise SpecdetError(f"{source}: it nests more than {MAX_JSON_DEPTH} levels deep: {remedy}") from err
     return Manifest.from_dict(data, source, remedy)
 
 
@@ -374,6 +425,11 @@ class _Parser:
             provenance={k: v for k, v in data.items() if k not in _TYPED_KEYS},
         )
         self.check_input_shape(manifest)
+        # After the typed fields (their messages name them): the rest (config, provenance) must be JSON that
+        # every reader can take and every writer can write back.
+        problem = json_problem(data)
+        if problem is not None:
+            raise self.error(problem)
         return manifest
 
     def check_input_shape(self, manifest: Manifest) -> None:

@@ -1,7 +1,7 @@
 """Run by test_fuzz.py in a child process whose memory is bounded: hostile files through the CLI and the API.
 
 ``python fuzz_driver.py CASES.json MEMORY_GB SECONDS`` reads the cases
-(``{"artifact", "images": [...], "manifests": [{"artifact", "image"}]}``),
+(``{"artifact", "images": [...], "manifests": [{"artifact", "image"}], "checkpoints": [...]}``),
 scores each with a per-case alarm, and prints one JSON summary on stdout.
 Its address space is capped first, so a case that allocates without bound
 fails here (as a MemoryError the tools must turn into a skip or a one-line
@@ -36,7 +36,7 @@ def main() -> None:
     from specdet.runtime import Detector, cli
 
     cases = json.loads(open(cases_path).read())
-    summary = {"images": {}, "cli": None, "manifests": [], "slowest": 0.0, "slowest_case": None}
+    summary = {"images": {}, "cli": None, "manifests": [], "checkpoints": [], "slowest": 0.0, "slowest_case": None}
 
     def timed(name, call):
         start = time.perf_counter()
@@ -70,6 +70,16 @@ def main() -> None:
         except SpecdetError as err:  # any other type is a failure: it propagates, with its traceback
             outcome["api"] = str(err)
         summary["manifests"].append(outcome)
+    if cases.get("checkpoints"):
+        import specdet.models.checkpoint  # noqa: F401  (untimed: importing timm and transformers takes seconds)
+    for artifact in cases.get("checkpoints", []):  # hostile models and configs: the same two ways in
+        outcome = timed(artifact, lambda artifact=artifact: run_cli([artifact, cases["images"][0], "--json"]))
+        try:
+            timed(artifact, lambda artifact=artifact: Detector(artifact).close())
+            outcome["api"] = None
+        except SpecdetError as err:
+            outcome["api"] = str(err)
+        summary["checkpoints"].append(outcome)
     summary["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(summary))
 

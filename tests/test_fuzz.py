@@ -3,9 +3,14 @@
 Seeded, so a failure reproduces. Images: valid PNG, JPEG, GIF, WebP, BMP and
 TIFF files, then truncations at random offsets, random header bytes, extreme
 sizes written into the headers, empty files and random bytes named like
-images. Manifests: the stand-in's with random fields mutated (wrong types,
-NaN, huge numbers, missing keys, truncated JSON), embedded in copies of the
-tiny ONNX file. Everything runs in a child process with a capped address
+images, and PostScript (EPS) named like images, which Pillow would hand to
+Ghostscript. Manifests: the stand-in's with random fields mutated (wrong
+types, NaN, huge numbers, preprocessing constants that cannot normalise to
+finite pixels, missing keys, truncated JSON, nesting thousands deep),
+embedded in copies of the tiny ONNX file. Models: copies of the tiny ONNX
+file with NaN or infinite weights (every image a non-finite-score error),
+and checkpoints of a registered detector whose config or metadata asks for a
+giant model or refers to itself many times. Everything runs in a child process with a capped address
 space and a time limit per case (tests/fuzz_driver.py); the asserts: no
 traceback and no internal error, every good image scored once, every bad
 one reported once, and the command line and the API agree file by file.
@@ -96,6 +101,10 @@ def _hostile_images(folder: Path, rng: np.random.Generator) -> tuple[list[Path],
         write(f"empty.{suffix}", b"", hostile)
     magics = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"BM", b"II*\x00"]
     suffixes = ["png", "jpg", "gif", "webp", "bmp", "tiff", "ico", "jfif"]
+    for i, suffix in enumerate(suffixes):  # PostScript: never opened (decoding EPS runs Ghostscript)
+        body = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\n0 0 moveto 40 40 lineto stroke\nshowpage\n"
+        dos = b"\xc5\xd0\xd3\xc6" + struct.pack("<IIIIII", 30, len(body), 0, 0, 0, 0) + b"\xff\xff" + body
+        write(f"eps-{i:02d}.{suffix}", dos if i % 2 else body, hostile)
     for i in range(40):
         data = magics[i % len(magics)] + rng.integers(0, 256, int(rng.integers(1, 4096)), dtype=np.uint8).tobytes()
         write(f"random-{i:02d}.{suffixes[i % len(suffixes)]}", data, hostile)
@@ -104,7 +113,8 @@ def _hostile_images(folder: Path, rng: np.random.Generator) -> tuple[list[Path],
 
 # Values a mutated field takes: wrong types, out of range, non-finite, huge, empty.
 POOL = [None, -1, 0, 1, 2, 33, 2**63, 1e308, float("nan"), float("inf"), "x", "", "batch", [], {}, [1, 2, 3],
-        ["batch", 3, 32], True, 0.5, {"library": "os"}, [{"name": "image"}], "float16", "bilinear", 16]
+        ["batch", 3, 32], True, 0.5, {"library": "os"}, [{"name": "image"}], "float16", "bilinear", 16,
+        1e-40, 3e38, 1e30, [1e-40, 1e-40, 1e-40], [3e38, 0.0, 0.0]]
 # Where: every field the runtime reads, and the nested ones.
 FIELDS = ["format", "version", "artifact", "architecture", "config", "preprocessing", "threshold", "inputs", "outputs",
           "batch", "precision", "fft_mode", "opset", "parent", "engine", "preprocessing.crop", "preprocessing.resize",
@@ -147,11 +157,83 @@ def _hostile_manifests(folder: Path, tiny_onnx: Path, rng: np.random.Generator, 
         text = json.dumps(_mutate(tiny_manifest(), rng))
         if i % 10 == 9:  # not JSON any more
             text = text[: int(rng.integers(0, len(text)))]
+        elif i % 10 == 8:  # nested deeper than any parser's stack
+            depth = int(rng.integers(50, 200_000))
+            text = text[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
         path = folder / f"m{i:03d}.onnx"
         with open(path, "wb") as file:
             onnx_metadata.write_metadata(tiny_onnx, file, {ONNX_METADATA_KEY: text})
         paths.append(path)
     return paths
+
+
+def _non_finite_models(folder: Path, tiny_onnx: Path, rng: np.random.Generator) -> list[Path]:
+    """Copies of the tiny ONNX file with one weight tensor set to NaN, +inf or -inf (its manifest kept)."""
+    import onnx
+    from onnx import numpy_helper
+
+    paths = []
+    for i, value in enumerate([float("nan"), float("inf"), float("-inf"), float("nan")]):
+        model = onnx.load(str(tiny_onnx))
+        weights = [init for init in model.graph.initializer
+                   if numpy_helper.to_array(init).dtype == np.float32 and numpy_helper.to_array(init).size > 1]
+        init = weights[int(rng.integers(len(weights)))]
+        array = numpy_helper.to_array(init).copy()
+        array.flat[int(rng.integers(array.size))] = value
+        init.CopyFrom(numpy_helper.from_array(array, init.name))
+        paths.append(folder / f"nonfinite{i}.onnx")
+        onnx.save(model, str(paths[-1]))
+    return paths
+
+
+def _self_referential(levels: int) -> list:
+    bomb: list = [1]
+    for _ in range(levels):
+        bomb = [bomb, bomb]
+    return bomb
+
+
+def _hostile_checkpoints(folder: Path, rng: np.random.Generator) -> list[Path]:
+    """A registered tiny detector's checkpoint with its config or metadata made hostile, or NaN weights."""
+    import torch
+
+    from specdet.models import checkpoint, create_model
+
+    torch.manual_seed(0)
+    base = checkpoint.save(create_model("dual_branch_tiny"), folder / "base.pth")
+    changes = [
+        ("config", "freq_channels", _self_referential(int(rng.integers(30, 64)))),
+        ("config", "vit_embed_dim", _self_referential(40)),
+        ("metadata", "history", _self_referential(int(rng.integers(30, 64)))),
+        ("config", "input_size", 10**9),
+        ("config", "vit_embed_dim", 65536),
+        ("config", "vit_depth", 10**6),
+        ("config", "num_bands", 2**40),
+        ("config", "fusion_dim", float("nan")),
+        ("config", "vit_name", {"a": _self_referential(50)}),
+        ("preprocessing", "std", [1e-40] * 3),
+        ("state_dict", None, float("nan")),
+    ]
+    paths = []
+    for i, (section, key, value) in enumerate(changes):
+        content = torch.load(base, weights_only=True)
+        if section == "state_dict":
+            name = sorted(content["state_dict"])[int(rng.integers(len(content["state_dict"])))]
+            while not content["state_dict"][name].is_floating_point():
+                name = sorted(content["state_dict"])[int(rng.integers(len(content["state_dict"])))]
+            content["state_dict"][name].view(-1)[0] = value
+        else:
+            content[section][key] = value
+        paths.append(folder / f"hostile{i:02d}.pth")
+        torch.save(content, paths[-1])
+    return paths
+
+
+def _strict_json(text: str):
+    """``json.loads`` refusing the bare NaN / Infinity that Python's encoder writes by default."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_hostile_files_and_manifests_never_crash_hang_or_go_missing(tiny_onnx, tmp_path):
@@ -160,11 +242,14 @@ def test_hostile_files_and_manifests_never_crash_hang_or_go_missing(tiny_onnx, t
     images.mkdir()
     good, hostile = _hostile_images(images, rng)
     manifests = _hostile_manifests(tmp_path, tiny_onnx, rng, 120)
+    non_finite = _non_finite_models(tmp_path, tiny_onnx, rng)
+    checkpoints = _hostile_checkpoints(tmp_path, rng)
     assert len(good) + len(hostile) + len(manifests) >= 300
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps({
         "artifact": str(tiny_onnx), "folder": str(images), "images": [str(p) for p in good + hostile],
-        "manifests": [{"artifact": str(p), "image": str(good[0])} for p in manifests],
+        "manifests": [{"artifact": str(p), "image": str(good[0])} for p in manifests + non_finite],
+        "checkpoints": [str(p) for p in checkpoints],
     }))
     driver = Path(__file__).with_name("fuzz_driver.py")
     done = subprocess.run([sys.executable, str(driver), str(cases), str(MEMORY_GB), str(SECONDS_PER_CASE)],
@@ -183,19 +268,32 @@ def test_hostile_files_and_manifests_never_crash_hang_or_go_missing(tiny_onnx, t
     # The CLI on the folder: no traceback; each file scored once or reported once, as the API decided.
     cli = summary["cli"]
     assert cli["code"] == (1 if skipped_by_api else 0), cli["stderr"][-2000:]
-    scored = [row["path"] for row in json.loads(cli["stdout"])]
+    scored = [row["path"] for row in _strict_json(cli["stdout"])]
     lines = cli["stderr"].splitlines()
     reported = [line[len("skipped "):].split(": ", 1)[0] for line in lines if line.startswith("skipped ")]
     assert all(line.startswith(("skipped ", "note: ")) for line in lines), lines
     assert len(scored) == len(set(scored)) and len(reported) == len(set(reported))
     assert set(scored) == set(outcomes) - skipped_by_api and set(reported) == skipped_by_api
 
-    # Manifests: a one-line user error (2) or a score (0), never an internal error; the API agrees.
-    for path, outcome in zip(manifests, summary["manifests"]):
-        assert outcome["code"] in (0, 2), (path.name, outcome)
+    assert all(outcomes[str(p)] is not None for p in hostile if p.name.startswith("eps-"))
+
+    # Manifests: a one-line user error (2), a score (0) or, where the constants are finite but the model's
+    # output is not, a non-finite-score skip (1); never an internal error, never a NaN; the API agrees.
+    # The models with non-finite weights: every image a non-finite-score skip.
+    for path, outcome in zip(manifests + non_finite, summary["manifests"]):
+        assert outcome["code"] in ((1,) if path in non_finite else (0, 1, 2)), (path.name, outcome)
         if outcome["code"] == 2:
             assert outcome["stdout"] == "" and len(outcome["stderr"].splitlines()) == 1, (path.name, outcome)
             assert outcome["api"] is not None, (path.name, outcome)
+        elif outcome["code"] == 1:
+            assert _strict_json(outcome["stdout"]) == [] and outcome["api"] is None, (path.name, outcome)
+            assert outcome["stderr"].splitlines()[0].endswith(": the model produced a non-finite score"), outcome
         else:
-            assert len(json.loads(outcome["stdout"])) == 1 and outcome["api"] is None, (path.name, outcome)
+            assert len(_strict_json(outcome["stdout"])) == 1 and outcome["api"] is None, (path.name, outcome)
     assert sum(o["code"] == 2 for o in summary["manifests"]) > len(manifests) / 2
+
+    # Checkpoints asking for giant or self-referential configs, or holding NaN: refused in one line, within
+    # the capped memory, by the CLI and the API.
+    for path, outcome in zip(checkpoints, summary["checkpoints"]):
+        assert outcome["code"] == 2 and outcome["stdout"] == "", (path.name, outcome)
+        assert len(outcome["stderr"].splitlines()) == 1 and outcome["api"] is not None, (path.name, outcome)

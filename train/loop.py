@@ -13,6 +13,7 @@ the validation metrics of its epoch and the calibration. Beside it:
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import defaultdict
@@ -223,6 +224,8 @@ class _Trainer:
             images += n
             skipped += batch["skipped"]
             if step % _BAR_EVERY == 0 or step == len(self.loader) - 1:
+                if world.size == 1:  # under DDP every process stops together, after the epoch's sums
+                    self._check_finite(sums["loss"].item(), epoch)
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(
                     loss=f"{sums['loss'].item() / images:.4f}", img_s=f"{images * world.size / elapsed:.1f}"
@@ -235,10 +238,23 @@ class _Trainer:
         )
         self._report_skipped(distributed.gather(skipped, world))
         count = totals.pop("images")
+        # The last step can leave NaN weights behind a finite loss: checked too, before anything is saved.
+        self._check_finite(totals["loss"] if not checkpoint.non_finite(self.model.state_dict()) else math.nan, epoch)
         stats = {name: value / count for name, value in totals.items() if name != "skipped"}
         stats.update(images=int(count), skipped=int(totals["skipped"]), seconds=seconds,
                      images_per_second=count / seconds)
         return stats
+
+    def _check_finite(self, loss: float, epoch: int) -> None:
+        """Stop at a non-finite loss (or weights): training cannot recover. Nothing of this epoch is saved, so
+        the checkpoint and resume state on disk stay those of the last finite epoch (if any)."""
+        if math.isfinite(loss):
+            return
+        # Without validation every epoch is saved; with it, the best one.
+        saved = self.best["epoch"] if self.val_samples is not None else (epoch or None)
+        kept = f"{self.output} keeps epoch {saved}, the last finite one" if saved else "no checkpoint was written"
+        raise SpecdetError(f"training diverged to a {loss} loss or weights in epoch {epoch + 1} (--lr {self.config.lr:g} is too "
+                           f"high, or the data holds broken images): {kept}; lower --lr or set --grad-clip")
 
     def _report_skipped(self, skipped: list[tuple[str, str]]) -> None:
         for path, reason in skipped:

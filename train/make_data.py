@@ -53,6 +53,8 @@ TRAIN_PHOTOS = (
 VAL_PHOTOS = ("coffee", "flower", "camera", "gravel")
 JPEG_QUALITY = (75, 95)  # inclusive; the same range for reals and fakes
 _DECODER_WIDTH = 16
+# How the README this writes begins: one that does not is the user's, never written over.
+_README_START = "Demo real/fake set written by `detect-make-data`"
 # Ridge of the least-squares fit of the decoder's output layer, relative to the
 # features' mean energy: grayscale crops make the skip features collinear.
 _RIDGE = 1e-6
@@ -137,9 +139,8 @@ def make_demo_data(
     """Write the demo set to ``out``; returns image counts per split. Each crop gives one real and one fake."""
     out = Path(out)
     photos = {name: load_photo(name) for name in TRAIN_PHOTOS + VAL_PHOTOS}
-    smallest = min(min(photo.shape[:2]) for photo in photos.values())
-    if size % 4 or not 16 <= size <= smallest:
-        raise SpecdetError(f"crop size {size} must be a multiple of 4 from 16 to {smallest} (the smallest photograph)")
+    check_size(size, photos)
+    check_readme(out)
     splits = (("train", TRAIN_PHOTOS, train_crops), ("val", VAL_PHOTOS, val_crops))
     # The ops per image are small: one thread is several times faster than two fighting over them.
     threads = torch.get_num_threads()
@@ -156,10 +157,30 @@ def make_demo_data(
     finally:
         torch.set_num_threads(threads)
     (out / "README.md").write_text(
-        f"Demo real/fake set written by `detect-make-data` (seed {seed}, {size}x{size} crops).\n\n"
-        + __doc__.split("\n\n", 1)[1]
+        f"{_README_START} (seed {seed}, {size}x{size} crops).\n\n" + __doc__.split("\n\n", 1)[1]
     )
     return {split: 2 * crops for split, _, crops in splits}
+
+
+def check_size(size: int, photos: dict[str, np.ndarray]) -> None:
+    smallest = min(min(photo.shape[:2]) for photo in photos.values())
+    if size % 4 or not 16 <= size <= smallest:
+        raise SpecdetError(f"crop size {size} must be a multiple of 4 from 16 to {smallest} (the smallest photograph)")
+
+
+def check_readme(out: Path) -> None:
+    """Refuse to write over an ``OUT/README.md`` that an earlier ``detect-make-data`` did not write."""
+    readme = out / "README.md"
+    try:
+        with open(readme, "rb") as file:
+            ours = file.read(len(_README_START)) == _README_START.encode()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise SpecdetError(f"cannot read {readme} ({err.strerror}): pick another folder") from err
+    if not ours:
+        raise SpecdetError(f"{readme} was not written by detect-make-data and would be replaced: pick another "
+                           "folder or move it")
 
 
 def _write_pair(
@@ -179,6 +200,9 @@ def _make(args: argparse.Namespace) -> int:
     existing = [out / split for split in ("train", "val") if (out / split).exists()]
     if existing and not args.overwrite:
         raise SpecdetError(f"{existing[0]} already exists: pick another folder or pass --overwrite")
+    # Everything that can refuse the run does so before the old set is deleted.
+    check_size(args.size, {name: load_photo(name) for name in TRAIN_PHOTOS + VAL_PHOTOS})
+    check_readme(out)
     for folder in existing:
         shutil.rmtree(folder)
     counts = make_demo_data(out, train_crops=args.train_crops, val_crops=args.val_crops, size=args.size,

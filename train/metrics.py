@@ -65,4 +65,6 @@ def threshold_at_fpr(real_scores: Sequence[float], fpr: float) -> float:
     allowed = math.floor(fpr * scores.size + 1e-9)
     if allowed >= scores.size:
         return 0.0
-    return float(np.nextafter(scores[allowed], np.float32(np.inf)))
+    # At most 1: a threshold is a probability. When that real scores exactly 1 (a saturated model) no
+    # threshold reaches the rate; 1 then calls fake only the scores of exactly 1.
+    return min(float(np.nextafter(scores[allowed], np.float32(np.inf))), 1.0)
