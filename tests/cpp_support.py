@@ -45,6 +45,12 @@ def cpp_sanitized() -> cpp_build.CppBuild:
     return cpp_build.build(sanitize=True)
 
 
+def assert_sanitizer_clean(result: subprocess.CompletedProcess) -> None:
+    """No sanitizer report in a sanitized program's stderr."""
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in result.stderr, result.stderr[-3000:]
+
+
 def run(program: Path, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     environment = dict(os.environ, **(env or {}))
     return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, timeout=timeout,

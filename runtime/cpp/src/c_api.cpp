@@ -1,5 +1,6 @@
 // The C ABI: argument checks, then the C++ core inside one guard that turns every exception into a
 // status code and the thread-local message. Nothing may unwind across the extern "C" boundary.
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -7,6 +8,7 @@
 
 #include "detector.hpp"
 #include "error.hpp"
+#include "limits.hpp"
 #include "specdet/specdet.h"
 
 #ifndef SPECDET_VERSION
@@ -78,6 +80,7 @@ const char* specdet_status_name(int status) {
     case SPECDET_ERROR_OUT_OF_MEMORY: return "SPECDET_ERROR_OUT_OF_MEMORY";
     case SPECDET_ERROR_UNSUPPORTED: return "SPECDET_ERROR_UNSUPPORTED";
     case SPECDET_ERROR_INTERNAL: return "SPECDET_ERROR_INTERNAL";
+    case SPECDET_ERROR_NON_FINITE_SCORE: return "SPECDET_ERROR_NON_FINITE_SCORE";
     default: return "unknown status";
   }
 }
@@ -126,22 +129,24 @@ int specdet_options_set_int(specdet_options* options, const char* key, int64_t v
     REQUIRE(options && key, "specdet_options_set_int: options and key must not be NULL");
     auto& o = options->options;
     const std::string k = key;
-    auto at_least = [&](int64_t low) {
-      if (value < low) throw specdet::Error(SPECDET_ERROR_INVALID_ARGUMENT, "option " + k + " must be >= " +
-                                                                              std::to_string(low) + ", not " +
-                                                                              std::to_string(value));
+    // The ranges of specdet.limits (check_count's words): 100000 threads would only thrash.
+    auto within = [&](int64_t low, int64_t high) {
+      if (value < low || value > high)
+        throw specdet::Error(SPECDET_ERROR_INVALID_ARGUMENT, "option " + k + "=" + std::to_string(value) +
+                                                                " is out of range: give a whole number from " +
+                                                                std::to_string(low) + " to " + std::to_string(high));
     };
     if (k == "intra_op_threads") {
-      at_least(0);
+      within(0, specdet::limits::kMaxThreads);
       o.intra_op_threads = value;
     } else if (k == "max_pixels") {
-      at_least(1);
+      within(1, specdet::limits::kMaxPixelsCeiling);
       o.limits.max_pixels = value;
     } else if (k == "min_side") {
-      at_least(1);
+      within(1, INT64_MAX);
       o.limits.min_side = value;
     } else if (k == "device") {
-      at_least(0);
+      within(0, INT32_MAX);
       o.device = value;
     } else if (k == "cuda_graphs") {
       o.cuda_graphs = value != 0;
@@ -200,6 +205,11 @@ int specdet_image_create_pixels(const uint8_t* pixels, int32_t width, int32_t he
     REQUIRE(row_stride >= static_cast<size_t>(width) * channels,
             "specdet_image_create_pixels: row_stride " + std::to_string(row_stride) + " is below width * channels = " +
                 std::to_string(static_cast<size_t>(width) * channels));
+    // The last row ends at (height - 1) * row_stride + width * channels: an address past the end of
+    // memory is a caller's mistake to refuse, not one to wrap around.
+    REQUIRE(static_cast<size_t>(height - 1) <= (SIZE_MAX - static_cast<size_t>(width) * channels) / row_stride,
+            "specdet_image_create_pixels: " + std::to_string(height) + " rows of " + std::to_string(row_stride) +
+                " bytes do not fit in memory");
     auto image = new specdet_image();
     image->input.kind = specdet::Input::Kind::Pixels;
     image->input.data = pixels;
@@ -286,6 +296,8 @@ int specdet_detector_score(const specdet_detector* detector, const specdet_image
   return guard([&] {
     REQUIRE(detector, "specdet_detector_score: detector is NULL");
     REQUIRE(images || count == 0, "specdet_detector_score: images is NULL");
+    REQUIRE(count <= SIZE_MAX / sizeof(specdet_image*),
+            "specdet_detector_score: count " + std::to_string(count) + " is more images than an array can hold");
     if (capacity < count && (probabilities || logits || labels || statuses))
       return fail(SPECDET_ERROR_BUFFER_TOO_SMALL, "specdet_detector_score: output capacity " + std::to_string(capacity) +
                                                       " is below the " + std::to_string(count) + " images");
@@ -321,6 +333,8 @@ int specdet_detector_infer(const specdet_detector* detector, const float* input,
     REQUIRE(detector, "specdet_detector_infer: detector is NULL");
     REQUIRE(input || count == 0, "specdet_detector_infer: input is NULL");
     const size_t per_image = static_cast<size_t>(detector->detector.input_size());
+    REQUIRE(count <= SIZE_MAX / per_image, "specdet_detector_infer: count " + std::to_string(count) + " times " +
+                                               std::to_string(per_image) + " floats per image does not fit in a size_t");
     REQUIRE(count == 0 || input_size == count * per_image,
             "specdet_detector_infer: input_size " + std::to_string(input_size) + " is not count * " +
                 std::to_string(per_image) + " = " + std::to_string(count * per_image));

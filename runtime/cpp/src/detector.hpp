@@ -40,6 +40,9 @@ class Detector {
   std::string score(const Input* const* inputs, size_t count, float* probabilities, float* logits, int32_t* labels,
              int32_t* statuses) const;
 
+  // The label of a score: SPECDET_LABEL_NONE when it is not a probability (never labelled).
+  int32_t label(float probability, float logit) const;
+
  private:
   std::unique_ptr<Backend> backend_;
   ImageLimits limits_;

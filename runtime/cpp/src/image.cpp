@@ -18,6 +18,17 @@ void check_size(int64_t width, int64_t height, const ImageLimits& limits) {
                                   " (option min_side)");
 }
 
+void check_resized(int64_t width, int64_t height, int64_t resized_width, int64_t resized_height,
+                   const ImageLimits& limits) {
+  // The sides first: then the product is of two numbers below 2^28, which cannot overflow.
+  if (resized_width > limits.max_pixels || resized_height > limits.max_pixels ||
+      resized_width * resized_height > limits.max_pixels)
+    fail(SPECDET_ERROR_IMAGE, "image of " + std::to_string(width) + "x" + std::to_string(height) +
+                                  " pixels, resized for the model to " + std::to_string(resized_width) + "x" +
+                                  std::to_string(resized_height) + ", exceeds the limit of " +
+                                  std::to_string(limits.max_pixels) + " pixels (option max_pixels)");
+}
+
 // Pillow's AlphaComposite.c with a white, opaque destination: integer arithmetic with 7 extra bits
 // and rounded divisions by 255, so composited pixels equal Pillow's to the last bit.
 void over_white(const uint8_t* rgba, uint8_t* rgb) {

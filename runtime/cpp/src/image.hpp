@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "limits.hpp"
+
 namespace specdet {
 
 // 8-bit RGB, rows packed (stride = 3 * width).
@@ -20,14 +22,19 @@ struct Rgb {
   const uint8_t* row(int y) const { return pixels.data() + static_cast<size_t>(y) * 3 * width; }
 };
 
-// Limits checked before any pixel buffer is allocated.
+// Limits checked before any pixel buffer is allocated: those of the Python runtime by default.
 struct ImageLimits {
-  int64_t max_pixels = 89478485;  // Pillow's Image.MAX_IMAGE_PIXELS
-  int64_t min_side = 2;
+  int64_t max_pixels = limits::kMaxPixels;
+  int64_t min_side = 1;
 };
 
 // Refuse sizes outside the limits (SPECDET_ERROR_IMAGE), before decoding.
 void check_size(int64_t width, int64_t height, const ImageLimits& limits);
+
+// Refuse an image whose size once resized for the model is above max_pixels (a 3 x 30000 strip whose
+// short side is scaled up to 224 is 500 megapixels), before resizing, as the Python runtime does.
+void check_resized(int64_t width, int64_t height, int64_t resized_width, int64_t resized_height,
+                   const ImageLimits& limits);
 
 // One pixel of RGBA composited over opaque white with Pillow's Image.alpha_composite arithmetic.
 void over_white(const uint8_t* rgba, uint8_t* rgb);

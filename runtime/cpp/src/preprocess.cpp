@@ -7,15 +7,12 @@
 namespace specdet {
 namespace {
 
-// resize_for_crop + _resize_shorter_side of preprocess.py.
-Rgb resize_for_crop(const Rgb& image, const Preprocessing& spec) {
-  const int shorter = std::min(image.width, image.height), longer = std::max(image.width, image.height);
-  const int target = std::max(spec.resize ? spec.resize : shorter, spec.crop);
-  if (shorter == target) return image;
-  // torchvision truncates the longer side: int(size * long / short), a correctly rounded double.
-  const int new_long = static_cast<int>(static_cast<double>(static_cast<int64_t>(target) * longer) / shorter);
-  const bool portrait = image.width <= image.height;
-  return resize(image, portrait ? target : new_long, portrait ? new_long : target, spec.filter);
+// resize_for_crop of preprocess.py, once check_resized has bounded the size (so it fits in an int).
+Rgb resize_for_crop(const Rgb& image, const Preprocessing& spec, const ImageLimits& limits) {
+  const auto [width, height] = resized_size(image.width, image.height, spec);
+  check_resized(image.width, image.height, width, height, limits);
+  if (width == image.width && height == image.height) return image;
+  return resize(image, static_cast<int>(width), static_cast<int>(height), spec.filter);
 }
 
 // Python's round() of (size - crop) / 2: halves go to the even neighbour.
@@ -25,9 +22,22 @@ int centre_offset(int size, int crop) {
 
 }  // namespace
 
-void preprocess(const Rgb& image, const Preprocessing& spec, float* out) {
+std::pair<int64_t, int64_t> resized_size(int64_t width, int64_t height, const Preprocessing& spec) {
+  const int64_t shorter = std::min(width, height), longer = std::max(width, height);
+  const int64_t target = std::max<int64_t>(spec.resize ? spec.resize : shorter, spec.crop);
+  if (shorter == target) return {width, height};
+  // A target no image may be resized to (a manifest's resize of 10^12): refused by check_resized
+  // whatever the other side, which is then not computed (target * longer would overflow).
+  if (target > limits::kMaxPixelsCeiling) return {target, target};
+  // torchvision truncates the longer side: int(size * long / short), a correctly rounded double.
+  // target is below 2^28 and longer below 2^31 (the decoders), so their product is exact in 64 bits.
+  const auto new_long = static_cast<int64_t>(static_cast<double>(target * longer) / static_cast<double>(shorter));
+  return width <= height ? std::pair{target, new_long} : std::pair{new_long, target};
+}
+
+void preprocess(const Rgb& image, const Preprocessing& spec, const ImageLimits& limits, float* out) {
   static_assert(FLT_EVAL_METHOD == 0, "float arithmetic must round to float, as numpy's float32 does");
-  const Rgb resized = resize_for_crop(image, spec);
+  const Rgb resized = resize_for_crop(image, spec, limits);
   const int crop = spec.crop;
   const int left = centre_offset(resized.width, crop), top = centre_offset(resized.height, crop);
   const size_t plane = static_cast<size_t>(crop) * crop;

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
+#include <utility>
 
 #include "image.hpp"
 #include "resample.hpp"
@@ -11,13 +13,18 @@
 namespace specdet {
 
 struct Preprocessing {
-  int resize = 0;  // 0: keep the shorter side (the manifest's null)
-  int crop = 0;
+  int64_t resize = 0;  // 0: keep the shorter side (the manifest's null); any size, as in Python
+  int crop = 0;        // at most limits::kMaxInputSize
   std::array<float, 3> mean{}, std{};
   Filter filter = Filter::Bicubic;
 };
 
-// Write the [3, crop, crop] tensor of `image` into `out` (3 * crop * crop floats).
-void preprocess(const Rgb& image, const Preprocessing& spec, float* out);
+// The size an image of width x height is resized to before the crop (runtime/preprocess.py's
+// resized_size), in 64 bits: a 1 x 80000000 strip scaled to a 224-pixel short side would not fit in 32.
+std::pair<int64_t, int64_t> resized_size(int64_t width, int64_t height, const Preprocessing& spec);
+
+// Write the [3, crop, crop] tensor of `image` into `out` (3 * crop * crop floats); an image whose
+// resized size is above limits.max_pixels is refused (SPECDET_ERROR_IMAGE) before it is resized.
+void preprocess(const Rgb& image, const Preprocessing& spec, const ImageLimits& limits, float* out);
 
 }  // namespace specdet

@@ -4,6 +4,7 @@
  * Prints one line per check and "N passed, N failed"; exits 1 if any failed. Use after destroy is
  * undefined behaviour by contract (specdet.h) and is therefore not exercised. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,14 @@ int main(int argc, char** argv) {
                 "max_pixels 0");
   expect_status(specdet_options_set_int(options, "intra_op_threads", -1), SPECDET_ERROR_INVALID_ARGUMENT,
                 "negative intra_op_threads");
+  expect_status(specdet_options_set_int(options, "intra_op_threads", 100000), SPECDET_ERROR_INVALID_ARGUMENT,
+                "intra_op_threads 100000 (above specdet.limits.MAX_THREADS)");
+  expect(strstr(specdet_last_error(), "from 0 to 1024") != NULL, "the message gives the range");
+  expect_status(specdet_options_set_int(options, "intra_op_threads", 1024), SPECDET_OK, "intra_op_threads 1024");
+  expect_status(specdet_options_set_int(options, "max_pixels", 178956971), SPECDET_ERROR_INVALID_ARGUMENT,
+                "max_pixels above specdet.limits.MAX_PIXELS_CEILING");
+  expect_status(specdet_options_set_int(options, "max_pixels", 178956970), SPECDET_OK, "max_pixels at the ceiling");
+  expect_status(specdet_options_set_int(options, "max_pixels", 64000000), SPECDET_OK, "max_pixels back to 64000000");
   expect_status(specdet_options_set_string(options, "backend", "tensorflow"), SPECDET_ERROR_INVALID_ARGUMENT,
                 "unknown backend");
   expect_status(specdet_options_set_string(NULL, "backend", "auto"), SPECDET_ERROR_INVALID_ARGUMENT,
@@ -79,6 +88,8 @@ int main(int argc, char** argv) {
   expect_status(specdet_options_set_string(options, "backend", NULL), SPECDET_ERROR_INVALID_ARGUMENT,
                 "set_string with NULL value");
   expect_status(specdet_options_set_int(options, "intra_op_threads", 1), SPECDET_OK, "intra_op_threads 1");
+  /* the default is 1, as the Python runtime scores 1-pixel images; 2 here so that one is refused below */
+  expect_status(specdet_options_set_int(options, "min_side", 2), SPECDET_OK, "min_side 2");
   expect(specdet_last_error()[0] == '\0', "a successful call clears the last error");
   specdet_options_destroy(NULL);
 
@@ -150,6 +161,8 @@ int main(int argc, char** argv) {
                 SPECDET_ERROR_INVALID_ARGUMENT, "negative height");
   expect_status(specdet_image_create_pixels(&pixels[0][0], W, H, W * 3 - 1, SPECDET_PIXELS_RGB8, &image),
                 SPECDET_ERROR_INVALID_ARGUMENT, "stride below width * 3");
+  expect_status(specdet_image_create_pixels(&pixels[0][0], W, H, SIZE_MAX / 2, SPECDET_PIXELS_RGB8, &image),
+                SPECDET_ERROR_INVALID_ARGUMENT, "rows whose stride * height wraps around size_t");
   expect_status(specdet_image_create_pixels(&pixels[0][0], W, H, W * 4, 99, &image), SPECDET_ERROR_INVALID_ARGUMENT,
                 "unknown pixel format");
   expect_status(specdet_image_create_pixels(&pixels[0][0], W, H, W * 4, SPECDET_PIXELS_RGB8, NULL),
@@ -175,6 +188,8 @@ int main(int argc, char** argv) {
   expect_status(specdet_detector_score(detector, with_null, 2, probabilities, NULL, NULL, NULL, 2),
                 SPECDET_ERROR_INVALID_ARGUMENT, "score: a NULL image in the batch");
   expect_status(specdet_detector_score(detector, batch, 0, NULL, NULL, NULL, NULL, 0), SPECDET_OK, "score: 0 images");
+  expect_status(specdet_detector_score(detector, batch, SIZE_MAX, NULL, NULL, NULL, NULL, 0),
+                SPECDET_ERROR_INVALID_ARGUMENT, "score: count SIZE_MAX is the caller's error, not an internal one");
   expect_status(specdet_detector_score(detector, batch, 3, probabilities, logits, labels, NULL, 3), SPECDET_OK,
                 "score: 3 images");
   expect(probabilities[0] >= 0 && probabilities[0] <= 1 && probabilities[0] == probabilities[2], "probabilities");
@@ -189,6 +204,12 @@ int main(int argc, char** argv) {
                 SPECDET_ERROR_INVALID_ARGUMENT, "infer: input_size not count * input_size");
   expect_status(specdet_detector_infer(detector, tensor, (size_t)input_size, 1, &inferred, NULL, NULL, 0),
                 SPECDET_ERROR_BUFFER_TOO_SMALL, "infer: capacity 0");
+  /* count * input_size wraps around to a small number that input_size matches: refused, not read past */
+  const size_t huge = SIZE_MAX / (size_t)input_size + 2;
+  expect_status(specdet_detector_infer(detector, tensor, huge * (size_t)input_size, huge, NULL, NULL, NULL, 0),
+                SPECDET_ERROR_INVALID_ARGUMENT, "infer: count * input_size overflows size_t");
+  expect_status(specdet_detector_infer(detector, tensor, 0, SIZE_MAX, NULL, NULL, NULL, 0),
+                SPECDET_ERROR_INVALID_ARGUMENT, "infer: count SIZE_MAX");
   expect_status(specdet_detector_infer(detector, tensor, (size_t)input_size, 1, &inferred, NULL, NULL, 1), SPECDET_OK,
                 "infer a preprocessed tensor");
   expect(inferred == probabilities[0], "infer(preprocess(image)) == score(image)");

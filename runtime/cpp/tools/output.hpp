@@ -24,7 +24,8 @@ inline std::string python_repr(double value) {
   std::string sci(buffer, result.ptr);  // d[.ddd]e[+-]XX
   const auto e = sci.find('e');
   std::string digits = sci.substr(0, e);
-  const int exponent = std::stoi(sci.substr(e + 1));
+  int exponent = 0;  // from_chars: no exception (std::stoi's would abort the tool), and none is possible here
+  std::from_chars(sci.data() + e + 1 + (sci[e + 1] == '+'), sci.data() + sci.size(), exponent);
   bool negative = false;
   if (digits[0] == '-') {
     negative = true;

@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 /* Major * 1000 + minor. */
-#define SPECDET_ABI_VERSION 1000
+#define SPECDET_ABI_VERSION 1001
 
 /* Status codes. New codes may be added in minor versions: treat unknown non-zero codes as errors. */
 #define SPECDET_OK 0
@@ -54,11 +54,12 @@ extern "C" {
 #define SPECDET_ERROR_OUT_OF_MEMORY 8
 #define SPECDET_ERROR_UNSUPPORTED 9      /* a feature this build lacks (e.g. TensorRT without its headers) */
 #define SPECDET_ERROR_INTERNAL 10        /* a bug: please report it with the message */
+#define SPECDET_ERROR_NON_FINITE_SCORE 11 /* (1.1) the model's score for this image is not a probability (NaN) */
 
 /* Labels written by the scoring functions. */
 #define SPECDET_LABEL_REAL 0
 #define SPECDET_LABEL_FAKE 1   /* probability >= the manifest's threshold */
-#define SPECDET_LABEL_NONE -1  /* the image was not scored (see its status) */
+#define SPECDET_LABEL_NONE -1  /* the image was not scored, or its score is not finite (see its status) */
 
 /* Pixel formats of decoded images: 8 bits per channel, channels interleaved, rows top to bottom. */
 #define SPECDET_PIXELS_RGB8 1
@@ -111,11 +112,12 @@ SPECDET_API int specdet_options_set_string(specdet_options* options, const char*
 
 /* Set an integer option. The caller keeps ownership of `key`.
  * Keys:
- *   "intra_op_threads"  ONNX Runtime threads per inference call; 0 = its default (the physical cores)
- *   "max_pixels"        images with more pixels (width * height) are refused; default 89478485
- *                       (Pillow's decompression-bomb limit); must be >= 1
- *   "min_side"          images whose shorter side is below this are refused; default 2 (set 1 to
- *                       score 1-pixel-wide images as the Python runtime does)
+ *   "intra_op_threads"  ONNX Runtime threads per inference call, 1 to 1024; 0 = its default (the
+ *                       physical cores)
+ *   "max_pixels"        images with more pixels (width * height), as stored or once resized for the
+ *                       model, are refused; default 64000000, 1 to 178956970 (specdet.limits, as the
+ *                       Python runtime)
+ *   "min_side"          images whose shorter side is below this are refused; default 1
  *   "device"            TensorRT: CUDA device ordinal (default 0)
  *   "cuda_graphs"       TensorRT: 1 to replay each batch shape as a CUDA graph (default 0)
  * Returns SPECDET_ERROR_UNKNOWN_OPTION for any other key, including string keys, and
@@ -174,8 +176,11 @@ SPECDET_API int specdet_detector_get_string(const specdet_detector* detector, co
  * Without `statuses`, the first image that cannot be read fails the whole call with its status.
  * With `statuses`, unreadable images get their status (the message of the last one is in
  * specdet_last_error), NaN scores and SPECDET_LABEL_NONE; the others are scored and the call
- * returns SPECDET_OK unless inference itself fails. Thread-safe: many threads may score with one
- * detector at once. */
+ * returns SPECDET_OK unless inference itself fails. A score that is not a probability in [0, 1]
+ * (NaN from NaN weights, say) is never labelled: that image gets SPECDET_ERROR_NON_FINITE_SCORE
+ * and SPECDET_LABEL_NONE like an unreadable one (its probability and logit are left as the model
+ * gave them). A `count` no array can hold is SPECDET_ERROR_INVALID_ARGUMENT. Thread-safe: many
+ * threads may score with one detector at once. */
 SPECDET_API int specdet_detector_score(const specdet_detector* detector, const specdet_image* const* images,
                                        size_t count, float* probabilities, float* logits, int32_t* labels,
                                        int32_t* statuses, size_t capacity);
@@ -189,7 +194,9 @@ SPECDET_API int specdet_detector_preprocess(const specdet_detector* detector, co
 /* Run the model on `count` tensors already preprocessed (as specdet_detector_preprocess writes them):
  * `input` holds count * "input_size" floats, `input_size` is their number (checked). Batches above the
  * manifest's max batch are split. Outputs as in specdet_detector_score (each may be NULL; non-NULL
- * ones hold `capacity` >= count elements). For callers that preprocess themselves, and for timing
+ * ones hold `capacity` >= count elements); a non-finite score gets SPECDET_LABEL_NONE, never a
+ * label, and the call still returns SPECDET_OK. A `count` whose count * "input_size" does not fit in
+ * a size_t is SPECDET_ERROR_INVALID_ARGUMENT. For callers that preprocess themselves, and for timing
  * inference apart from decoding. Thread-safe. */
 SPECDET_API int specdet_detector_infer(const specdet_detector* detector, const float* input, size_t input_size,
                                        size_t count, float* probabilities, float* logits, int32_t* labels,

@@ -157,7 +157,7 @@ class Detector {
       out[i].probability = probabilities[i];
       out[i].logit = logits[i];
       out[i].fake = labels[i] == SPECDET_LABEL_FAKE;
-      if (statuses[i] != SPECDET_OK) out[i].message = message_of(raw[i]);
+      if (statuses[i] != SPECDET_OK) out[i].message = message_of(raw[i], statuses[i]);
     }
     return out;
   }
@@ -182,8 +182,10 @@ class Detector {
   const specdet_detector* get() const { return handle_.get(); }
 
  private:
-  // The reason one unreadable image was refused: preprocessing it alone fails with that message.
-  std::string message_of(const specdet_image* image) const {
+  // Why one image was not scored: its score was not finite (the library's message for that status, the
+  // Python runtime's words), or it was unreadable, and preprocessing it alone fails with that message.
+  std::string message_of(const specdet_image* image, int code) const {
+    if (code == SPECDET_ERROR_NON_FINITE_SCORE) return "the model produced a non-finite score";
     std::vector<float> scratch(static_cast<size_t>(get_int("input_size")));
     const int status = specdet_detector_preprocess(handle_.get(), image, scratch.data(), scratch.size());
     return status == SPECDET_OK ? std::string() : std::string(specdet_last_error());
