@@ -22,6 +22,7 @@ from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
 from specdet.files import check_output, file_sha256, partial_path, temporary_folder
 from specdet.images import folder_images, sample_photos
 from specdet.manifest import BATCH_AXIS, INPUT_NAME, ONNX_SUFFIX, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
+from specdet.onnx_external import external_data_files
 from specdet.models import ScoringModule
 from specdet.models import checkpoint as checkpoints
 from specdet.versions import library_versions
@@ -195,6 +196,7 @@ def _convert(onnx_path, output, precision: str, *, calibration, count: int, prog
     output = _check_onnx_output(output if output is not None else source.with_name(f"{source.stem}-{precision}.onnx"),
                                 (source,))
     manifest = Manifest.read(source)
+    external_data_files(source)  # before onnx.load follows them
     if manifest.precision != "fp32":
         raise SpecdetError(f"{source.name} is already {manifest.precision}: convert its FP32 export")
     batches, description = calibration_batches(manifest, calibration, count)
