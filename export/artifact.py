@@ -22,9 +22,9 @@ from specdet.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx
 from specdet.files import check_output, file_sha256, partial_path, temporary_folder
 from specdet.images import folder_images, sample_photos
 from specdet.manifest import BATCH_AXIS, INPUT_NAME, ONNX_SUFFIX, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
-from specdet.onnx_external import external_data_files
 from specdet.models import ScoringModule
 from specdet.models import checkpoint as checkpoints
+from specdet.onnx_external import external_data_files
 from specdet.versions import library_versions
 
 
