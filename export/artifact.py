@@ -25,6 +25,7 @@ from specdet.limits import MAX_CALIBRATION_BYTES
 from specdet.manifest import BATCH_AXIS, INPUT_NAME, ONNX_SUFFIX, OUTPUT_NAMES, PRECISIONS, BatchRange, Manifest, TensorSpec
 from specdet.models import ScoringModule
 from specdet.models import checkpoint as checkpoints
+from specdet.onnx_external import external_data_files
 from specdet.versions import library_versions
 
 
@@ -196,6 +197,7 @@ def _convert(onnx_path, output, precision: str, *, calibration, count: int, prog
     output = _check_onnx_output(output if output is not None else source.with_name(f"{source.stem}-{precision}.onnx"),
                                 (source,))
     manifest = Manifest.read(source)
+    external_data_files(source)  # before onnx.load follows them
     if manifest.precision != "fp32":
         raise SpecdetError(f"{source.name} is already {manifest.precision}: convert its FP32 export")
     batches, description = calibration_batches(manifest, calibration, count)

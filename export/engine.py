@@ -27,6 +27,7 @@ from specdet.export.engine_library import ENGINE_LIBRARIES, open_library
 from specdet.export.engine_stages import Configure, EngineBuild, LoadAndStrip, Parse, Serialise, WriteManifest
 from specdet.files import check_outputs
 from specdet.manifest import ENGINE_SUFFIXES, Manifest, engine_sidecar, legacy_onnx_sidecar
+from specdet.onnx_external import external_data_files
 
 __all__ = ["ENGINE_LIBRARIES", "DEFAULT_OPT_BATCH", "EngineBuild", "build_engine", "parse_batch"]
 
@@ -79,6 +80,7 @@ def build_engine(
     if not source.is_file():
         raise SpecdetError(f"ONNX file {source} not found")
     manifest = Manifest.read(source).to_dict()
+    external_data_files(source)  # the parser would copy whatever file these point at into the engine
     output = Path(output) if output is not None else source.with_suffix(".engine")
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise SpecdetError(f"{output.name}: an engine's name must end in .engine or .plan")

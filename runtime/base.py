@@ -22,6 +22,7 @@ import numpy as np
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_THREADS, check_count
 from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, OUTPUT_NAMES, Manifest, TensorSpec, is_engine
+from specdet.onnx_external import external_data_files
 from specdet.runtime.pipeline import Batch, finish_crops
 from specdet.runtime.preprocess import normalise
 
@@ -304,6 +305,8 @@ def read_manifest(artifact: str | os.PathLike, options: RunnerOptions) -> Manife
     """The manifest of an exported artifact (``.onnx``, engine); an ``options.arch`` it does not hold is an error."""
     path = require_file(artifact)
     manifest = Manifest.read(path)
+    if not is_engine(path):  # an ONNX file: what its weights point at is checked before a backend follows it
+        external_data_files(path)
     if options.arch is not None and options.arch != manifest.architecture:
         raise SpecdetError(f"{path.name} holds a {manifest.architecture} model, not {options.arch}: drop --arch")
     return manifest

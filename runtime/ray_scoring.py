@@ -13,6 +13,10 @@ any moment, even by SIGKILL, leaves complete parts only (readers skip the
 hidden temporaries, the next run removes them), and loses at most the rows
 not yet written. A rerun reads the ``path`` column of the parts and scores
 only the files not in it: one row per path, however often it is resumed.
+The folder records the artifact that scored it (:data:`IDENTITY`: its
+SHA-256, and its external data's): a rerun with another model is refused
+rather than adding its rows to the first one's, and a folder that is not
+such an output (the image folder itself, say) is never written into.
 
 Each actor holds one :class:`~specdet.runtime.detector.Detector` and reads,
 preprocesses and scores its own files with
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import logging
 import math
 import os
@@ -37,8 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from specdet.errors import SpecdetError
-from specdet.files import atomic_write, check_output, remove_stale
+from specdet.files import atomic_write, check_output, file_sha256, remove_stale
 from specdet.limits import MAX_PIXELS, RAY_ACTOR_BYTES
+from specdet.manifest import ONNX_SUFFIX
+from specdet.onnx_external import external_data_files
 from specdet.progress import bar as progress_bar
 from specdet.progress import on_terminal
 from specdet.runtime.base import RunnerOptions, default_backend, read_manifest, require_file, runner_class
@@ -52,6 +59,9 @@ PART_SECONDS = 60.0  # a slow model still writes a part a minute, so a kill lose
 DEFAULT_BATCH_CAP = 64  # an artifact without a batch limit (a checkpoint) or a large one: 64 images per call
 MIN_RAY_BATCH = 32  # rows per actor call: Ray's per-call overhead amortised over several small model batches
 _PART = re.compile(r"part-(\d+)\.parquet")
+# The artifact a folder's rows come from. A leading "_": Parquet readers (pyarrow, Spark) skip the file.
+IDENTITY = "_artifact.json"
+_LOCK = ".lock"
 
 
 @dataclasses.dataclass
@@ -111,9 +121,11 @@ def score_to_parquet(
     if address is None and actors is not None:
         check_local_actors(actors, artifact)
     check_output(out, "scores", inputs=(artifact,), folder=True)
+    _check_folder(out, files)
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
     try:
+        _record_artifact(out, artifact)
         summary = Summary(out)
         done = _paths_in(out)
         # Absolute paths: actors do not share the driver's working folder, and a rerun from
@@ -174,6 +186,47 @@ def check_local_actors(actors: int, artifact: Path) -> None:
                            f"{most} or fewer, or join a larger cluster with --ray-address")
 
 
+def _check_folder(out: Path, files: Sequence[Path]) -> None:
+    """Refuse an ``out`` that is not a new or empty folder or a scores folder, or that holds input files."""
+    if out.is_dir():
+        names = {entry.name for entry in out.iterdir()} - {_LOCK}  # a lock alone: a first run killed at its start
+        if names and IDENTITY not in names:
+            raise SpecdetError(f"{out} is not empty and has no {IDENTITY}: it is not a detect-predict --ray output "
+                               "(or one from before the artifact was recorded); give a new or empty folder for --out")
+    # The folders of the inputs, not each file: a million paths have few of them; realpath follows links.
+    target = Path(os.path.realpath(out))
+    for parent in {os.path.dirname(os.path.abspath(p)) for p in files}:
+        if Path(os.path.realpath(parent)).is_relative_to(target):
+            raise SpecdetError(f"{out} holds input images ({parent}): give --out a folder outside the images")
+
+
+def _record_artifact(out: Path, artifact: Path) -> None:
+    """Write the artifact's identity into a new ``out``, or check that ``out``'s rows come from the same one."""
+    identity = artifact_identity(artifact)
+    path = out / IDENTITY
+    if not path.exists():
+        text = json.dumps(identity, indent=2) + "\n"
+        atomic_write(path, lambda file: file.write(text.encode()))
+        return
+    try:
+        recorded = json.loads(path.read_text())
+        same = {k: recorded[k] for k in ("sha256", "external_data")} == {k: identity[k] for k in ("sha256", "external_data")}
+    except (OSError, ValueError, TypeError, KeyError):
+        raise SpecdetError(f"{path} is damaged: give a new --out (its parts were scored by an unknown model)") from None
+    if not same:
+        raise SpecdetError(f"{out} holds scores of another model ({recorded.get('artifact')}, sha256 "
+                           f"{str(recorded.get('sha256'))[:12]}...), not of {artifact.name} (sha256 "
+                           f"{identity['sha256'][:12]}...): give another --out; rows of two models are not mixed")
+
+
+def artifact_identity(artifact: Path) -> dict[str, Any]:
+    """What identifies the model that scores: the artifact's SHA-256 and, for an ONNX file, its external data's."""
+    artifact = require_file(artifact)
+    external = external_data_files(artifact) if artifact.suffix.lower() == ONNX_SUFFIX else []
+    return {"artifact": os.path.abspath(artifact), "sha256": file_sha256(artifact),
+            "external_data": {location: file_sha256(artifact.parent / location) for location in external}}
+
+
 def _batch_limit(artifact: Path, backend: str | None, options: RunnerOptions) -> int | None:
     """The artifact's largest batch (None: no limit), read without loading its model.
 
@@ -208,7 +261,7 @@ def _lock(out: Path) -> int:
 
     The kernel drops the lock when its process dies, SIGKILL included, so no stale lock is left.
     """
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(out / _LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

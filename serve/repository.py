@@ -35,6 +35,7 @@ from specdet import cli
 from specdet.errors import SpecdetError
 from specdet.files import check_output, temporary_folder
 from specdet.manifest import ENGINE_SUFFIXES, ONNX_SUFFIX, Manifest, engine_sidecar
+from specdet.onnx_external import external_data_files
 from specdet.serve import contract as names
 from specdet.serve.pbtxt import Enum, dumps
 from specdet.serve.readme import repository_readme
@@ -43,6 +44,11 @@ from specdet.serve.readme import repository_readme
 DETECTORS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": "python"}
 DEFAULT_NAME = "specdet"
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model.py"
+# What a detector's version folder holds besides an ONNX file's external data.
+_VERSION_FILES = ("model.onnx", "model.plan", "model.plan.json", "model.py")
+
+# A model's name: a folder of the repository, so never "." or ".." or hidden; Triton's URLs take it too.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 # numpy dtype names (the manifest's) -> Triton's.
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int32": "TYPE_INT32",
@@ -83,6 +89,7 @@ class _Model:
     prefix: str  # the ensemble's name; its steps are PREFIX_preprocess, ...
     detector: str  # a DETECTORS key
     max_batch: int
+    external_data: tuple[str, ...] = ()  # the ONNX file's data files, relative to its folder: copied beside it
 
 
 def write_repository(artifacts: Sequence[str | os.PathLike], output: str | os.PathLike, options: Options = Options(),
@@ -91,9 +98,10 @@ def write_repository(artifacts: Sequence[str | os.PathLike], output: str | os.Pa
     ``output``, atomically: built beside it, then renamed. An existing non-empty ``output`` is replaced only
     with ``force``. Returns ``output``."""
     output = check_output(output, "model repository", folder=True, inputs=tuple(artifacts))
+    models = plan(artifacts, options)
+    _check_inputs_outside(models, output)
     if output.is_dir() and any(output.iterdir()) and not force:
         raise SpecdetError(f"{output} exists and is not empty: give a new folder, or --force to replace it")
-    models = plan(artifacts, options)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = temporary_folder(output)
     try:
@@ -112,14 +120,36 @@ def plan(artifacts: Sequence[str | os.PathLike], options: Options) -> list[_Mode
         raise SpecdetError("no artifacts: give one .onnx file or engine or more")
     if options.detector is not None and options.detector not in DETECTORS:
         raise SpecdetError(f"unknown detector {options.detector!r}: choose one of {', '.join(DETECTORS)}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", options.name):
-        raise SpecdetError(f"model name {options.name!r}: use letters, digits, '_', '-' and '.' only")
+    check_model_name(options.name)
     paths = [Path(a) for a in artifacts]
     prefixes = [options.name] if len(paths) == 1 else [f"{options.name}_{_stem(p)}" for p in paths]
     for prefix in prefixes:
+        check_model_name(prefix)
         if prefixes.count(prefix) > 1:
             raise SpecdetError(f"two artifacts would both be served as {prefix}: give them different file names")
     return [_plan_one(path, prefix, options) for path, prefix in zip(paths, prefixes)]
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can name a model (a folder of the repository); otherwise a one-line error."""
+    if not MODEL_NAME.fullmatch(name):
+        raise SpecdetError(f"model name {name!r}: start with a letter or digit, then letters, digits, '_', '-' and '.' "
+                           "only (at most 200)")
+    return name
+
+
+def _check_inputs_outside(models: Sequence[_Model], output: Path) -> None:
+    """Refuse an output folder that holds an input: writing the repository replaces the folder, input and all."""
+    target = output.resolve()
+    for model in models:
+        folder = model.artifact.parent
+        inputs = [model.artifact, *(folder / location for location in model.external_data)]
+        if model.artifact.suffix.lower() != ONNX_SUFFIX:
+            inputs.append(engine_sidecar(model.artifact))
+        for source in inputs:
+            if source.resolve().is_relative_to(target):
+                raise SpecdetError(f"{source} is inside {output}: writing the repository there would delete it; "
+                                   "give another -o folder")
 
 
 def _stem(path: Path) -> str:
@@ -154,7 +184,12 @@ def _plan_one(artifact: Path, prefix: str, options: Options) -> _Model:
     if not batch.min <= max_batch <= batch.max:
         raise SpecdetError(f"--max-batch {max_batch} is outside {artifact.name}'s batch range {batch.min} to "
                            f"{batch.max}: give a number in it, or {_remake(artifact)}")
-    return _Model(artifact, manifest, prefix, detector, max_batch)
+    data = tuple(external_data_files(artifact)) if suffix == ONNX_SUFFIX else ()
+    for location in data:
+        if Path(location).parts[0] in _VERSION_FILES:
+            raise SpecdetError(f"{artifact.name}'s external data is named {location}, a name the repository uses "
+                               "for its own files: save the model with another location (onnx.save(..., location=))")
+    return _Model(artifact, manifest, prefix, detector, max_batch, data)
 
 
 def _remake(artifact: Path) -> str:
@@ -246,6 +281,9 @@ def _detector_model(root: Path, model: _Model, options: Options, common: dict, b
     engine = model.artifact.suffix.lower() != ONNX_SUFFIX
     file = folder / ("model.plan" if engine else "model.onnx")
     shutil.copyfile(model.artifact, file)
+    for location in model.external_data:  # relative to the ONNX file: the same names beside its copy
+        (folder / location).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model.artifact.parent / location, folder / location)
     if engine:  # the manifest of an engine is its sidecar; the python detector reads it, a reader may too
         shutil.copyfile(engine_sidecar(model.artifact), engine_sidecar(file))
     spec = model.manifest.input

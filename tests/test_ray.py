@@ -8,6 +8,7 @@ detector and 1,000 distinct paths (links to the CNNDetection thumbnails).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -19,8 +20,10 @@ import pytest
 
 import tiny_exports
 from photo_files import photo_files
+from specdet.files import file_sha256
 from specdet.runtime.cli import main
 from specdet.runtime.detector import Detector
+from specdet.runtime.ray_scoring import IDENTITY, artifact_identity
 
 pq = pytest.importorskip("pyarrow.parquet", reason="needs the ray extra (pyarrow)")
 pytest.importorskip("ray.data", reason="needs the ray extra (ray[data])")
@@ -179,3 +182,45 @@ def test_paths_from_a_list_file(artifact, images, tmp_path, capsys):
     assert set(rows) == {str(p) for p in wanted} | {"/absent/x.jpg"}
     assert rows["/absent/x.jpg"]["error"] == "no such file"
     assert "skipped /absent/x.jpg: no such file" in capsys.readouterr().err
+
+
+def test_a_rerun_with_another_model_is_refused_not_mixed(artifact, images, tmp_path, capsys):
+    out = tmp_path / "scores.parquet"
+    assert main([str(artifact), str(images / "00"), "--ray", "--out", str(out), "--actors", "1"]) == 0
+    capsys.readouterr()
+    recorded = json.loads((out / IDENTITY).read_text())
+    assert recorded["sha256"] == file_sha256(artifact) and recorded["external_data"] == {}
+    rows = _rows(out)
+    other = tiny_exports.exported("rine_ssca_tiny", "matmul")
+    # more images too: without the check, the new ones would be scored by the other model beside the first's
+    assert main([str(other), str(images / "00"), str(images / "01"), "--ray", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds scores of another model" in err and "rows of two models are not mixed" in err
+    assert len(err.splitlines()) == 1
+    assert _rows(out) == rows
+    # the same model copied elsewhere is the same model: the rerun resumes
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(artifact.read_bytes())
+    assert main([str(copy), str(images / "00"), "--ray", "--out", str(out)]) == 0
+    assert "0 scored, 0 skipped with errors, 100 already in the output" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_scores_output_is_never_written(artifact, images, tmp_path, capsys):
+    before = sorted(p.name for p in (images / "00").iterdir())
+    # the image folder itself
+    assert main([str(artifact), str(images / "00"), "--ray", "--out", str(images / "00")]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and has no _artifact.json" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in (images / "00").iterdir()) == before
+    # a scores folder that holds input images, named through a link to it
+    out = tmp_path / "scores.parquet"
+    (out / "photos").mkdir(parents=True)
+    (out / "photos" / before[0]).write_bytes((images / "00" / before[0]).read_bytes())
+    (tmp_path / "link").symlink_to(out / "photos")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'link' / before[0]}\n")
+    (out / IDENTITY).write_text(json.dumps(artifact_identity(artifact)))
+    assert main([str(artifact), "--list", str(listing), "--ray", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds input images" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [IDENTITY, "photos"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -253,3 +255,73 @@ def _executions(server: TritonServer, model: str) -> int:
 
     with client.InferenceServerClient(server.endpoints.http_url) as http:
         return http.get_inference_statistics(model)["model_stats"][0]["execution_count"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "", "x" * 201])
+def test_a_name_that_is_not_one_folder_is_refused(name, tmp_path, capsys):
+    assert triton_cli.main([str(_onnx("dual_branch_tiny")), "-o", str(tmp_path / "repo"), "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert "start with a letter or digit" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written, beside the repository or above it
+
+
+@pytest.mark.parametrize("where", ["the output", "a folder below the output", "an engine's sidecar in the output"])
+def test_force_never_deletes_an_input(where, tmp_path, capsys):
+    out = tmp_path / "repo"
+    folder = out / "models" if where == "a folder below the output" else out
+    folder.mkdir(parents=True)
+    if where == "an engine's sidecar in the output":  # the engine elsewhere, its manifest inside the output
+        engine = _fake_engine("dual_branch_tiny", tmp_path)
+        engine.with_name(engine.name + ".json").rename(folder / "sidecar.json")
+        (tmp_path / f"{engine.name}.json").symlink_to(folder / "sidecar.json")
+        artifact, kept = engine, folder / "sidecar.json"
+    else:
+        artifact = kept = folder / "tiny.onnx"
+        shutil.copyfile(_onnx("dual_branch_tiny"), artifact)
+    before = kept.read_bytes()
+    assert triton_cli.main([str(artifact), "-o", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "writing the repository there would delete it" in err and err.count("\n") == 1, err
+    assert kept.read_bytes() == before
+
+
+def _external(tmp_path: Path, location: str) -> Path:
+    import onnx
+
+    folder = tmp_path / "model"
+    (folder / location).parent.mkdir(parents=True)
+    path = folder / "tiny.onnx"
+    onnx.save(onnx.load(str(_onnx("dual_branch_tiny"))), str(path), save_as_external_data=True,
+              all_tensors_to_one_file=True, location=location, size_threshold=256)
+    return path
+
+
+@pytest.mark.parametrize("detector", ["onnxruntime", "python"])
+def test_external_data_is_copied_beside_the_model(detector, tmp_path):
+    artifact = _external(tmp_path, "weights/tiny.data")
+    repository = write_repository([artifact], tmp_path / "repo", Options(detector=detector))
+    version = repository / "specdet_detector" / "1"
+    copied = version / "weights" / "tiny.data"
+    assert copied.read_bytes() == (artifact.parent / "weights" / "tiny.data").read_bytes()
+    with Detector(version / "model.onnx", backend="onnxruntime") as served, \
+            Detector(_onnx("dual_branch_tiny"), backend="onnxruntime") as reference:
+        files = photos(2)
+        np.testing.assert_array_equal(served.predict(files), reference.predict(files))
+
+
+def test_external_data_named_like_a_repository_file_is_refused(tmp_path, capsys):
+    artifact = _external(tmp_path, "model.py")
+    assert triton_cli.main([str(artifact), "-o", str(tmp_path / "repo"), "--detector", "python"]) == 2
+    err = capsys.readouterr().err
+    assert "a name the repository uses for its own files" in err and err.count("\n") == 1, err
+
+
+def test_hostile_external_data_is_refused(tmp_path, capsys):
+    artifact = _external(tmp_path, "tiny.data")
+    elsewhere = tmp_path / "elsewhere.data"
+    os.replace(artifact.parent / "tiny.data", elsewhere)
+    (artifact.parent / "tiny.data").symlink_to(elsewhere)
+    assert triton_cli.main([str(artifact), "-o", str(tmp_path / "repo")]) == 2
+    err = capsys.readouterr().err
+    assert "outside the model's folder" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "repo").exists()
