@@ -353,6 +353,21 @@ inline int current_device(int* device) {
 #endif
 }
 
+// Whether `stream` is being captured into a CUDA graph (the emulation's test hooks capture too: cufft_emulation.h).
+inline int stream_capturing(cudaStream_t stream, bool* capturing) {
+#ifdef SPECDET_CPU_EMULATION
+    *capturing = ::specdet_emu::stream_capturing(stream);
+    return SPECDET_OK;
+#else
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+        return SPECDET_ERROR_CUDA;
+    }
+    *capturing = status != cudaStreamCaptureStatusNone;
+    return SPECDET_OK;
+#endif
+}
+
 // AUTO is cuFFT: a provisional choice until kernels_bench.py has been run on a GPU (see README).
 inline int resolve_method(int method) {
     return method == SPECDET_METHOD_AUTO ? SPECDET_METHOD_CUFFT : method;
