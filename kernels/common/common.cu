@@ -96,14 +96,6 @@ int convert_to_float(__half const* x, float* y, int64_t count, cudaStream_t stre
     return check_launch();
 }
 
-int convert_from_float(float const* x, __half* y, int64_t count, cudaStream_t stream) {
-    if (count == 0) {
-        return SPECDET_OK;
-    }
-    launch(convert_kernel<float, __half>, dim3(blocks_for(count)), dim3(kThreads), stream, x, y, count);
-    return check_launch();
-}
-
 template <class T>
 int magnitude_mean(cfloat const* spectrum, int64_t images, int64_t bins, float scale, T* y, cudaStream_t stream) {
     if (images == 0) {

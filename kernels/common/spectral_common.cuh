@@ -334,7 +334,6 @@ int build_twiddles(cfloat* m, int rows, int cols, int n, double scale, bool c2r_
 // table[h * half_width + f] = band_of(h, f) for the half spectrum.
 int build_band_table(int32_t* table, int height, int width, Bands const& bands, cudaStream_t stream);
 int convert_to_float(__half const* x, float* y, int64_t count, cudaStream_t stream);
-int convert_from_float(float const* x, __half* y, int64_t count, cudaStream_t stream);
 // y[i] = scale * mean_j |spectrum[i * bins + j]| for i < images.
 template <class T>
 int magnitude_mean(cfloat const* spectrum, int64_t images, int64_t bins, float scale, T* y, cudaStream_t stream);
