@@ -145,6 +145,9 @@ def gpu_math() -> dict | None:
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cudnn_version": torch.backends.cudnn.version(),
+        # torch >= 2.9's per-backend precision settings, where this torch has them ("tf32", "ieee", "none")
+        "matmul_fp32_precision": getattr(torch.backends.cuda.matmul, "fp32_precision", None),
+        "cudnn_conv_fp32_precision": getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
     }
 
 
