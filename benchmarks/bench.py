@@ -69,13 +69,16 @@ def run(config: Config, progress: Progress | None = None) -> dict[str, Any]:
         accuracy_rows = _accuracy(loaded, image_set, pixels, batches, progress)
         preprocessing_rows, latency_rows = _latency(timed, image_set, pixels, reference.runner.info.preprocessing,
                                                     config, progress)
+        transfer_rows = _transfers(timed, config, int(pixels.shape[-1]))
         profiles = _profiles(timed, pixels, min(config.batch_sizes), progress) if config.profile else []
     finally:
         for item in loaded:  # what the report needs from a runner (info, artifact) outlives close()
             item.runner.close()
     progress.close()
+    described = machine.describe()
+    gpu_peak = peaks.gpu_peaks(described["gpus"][0]["name"]) if described["gpus"] else None
     _relate(latency_rows, reference.id, flops, peak["per_precision"],
-            {item.id: item.facts.get("precision") for item in loaded if item.variant.device == "cpu"})
+            {item.id: item.facts.get("precision") for item in loaded if item.variant.device == "cpu"}, gpu_peak)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -93,10 +96,11 @@ def run(config: Config, progress: Progress | None = None) -> dict[str, Any]:
             "iters": config.plan.iters,
             "seconds": config.plan.seconds,
             "interleave": config.plan.interleave,
+            "device_calls": config.plan.device_calls,
             "threads": config.threads,
             "profile": config.profile,
         },
-        "machine": machine.describe(),
+        "machine": described,
         "versions": library_versions(),
         "model": {
             "architecture": reference.runner.info.architecture,
@@ -106,11 +110,13 @@ def run(config: Config, progress: Progress | None = None) -> dict[str, Any]:
             "flops_method": _flops_note(),
         },
         "cpu_peak": peak,
+        "gpu_peak": gpu_peak,
         "timing": {"method": config.plan.describe(), "preprocessing": _preprocessing_note(image_set)},
         "images": image_set.summary(),
         "reference": reference.id,
         "variants": [_variant_row(item, item in timed) for item in loaded],
         "latency": latency_rows,
+        "transfers": transfer_rows,
         "preprocessing": preprocessing_rows,
         "accuracy": accuracy_rows,
         "profile": profiles,
@@ -205,10 +211,19 @@ def _latency(timed, image_set: image_sets.ImageSet, pixels: np.ndarray, spec: di
         preprocessing_rows.append({"batch": batch, **stats.summarize(pre.seconds, batch),
                                    "ms_per_image": stats.percentile(pre.seconds, 50) * 1e3 / batch})
         data = _batch_of(pixels, batch)
-        subjects = [_subject(item, data) for item in timed]
+        subjects = [_subject(item, data, config.plan) for item in timed]
         for item, samples in zip(timed, timing.run(subjects, config.plan, progress.advance)):
             latency_rows.append(_latency_row(item, batch, samples))
     return preprocessing_rows, latency_rows
+
+
+def _transfers(timed, config: Config, crop: int) -> list[dict]:
+    """Where a variant runs on the GPU: the batch's host-device copies, timed apart from the GPU's work."""
+    if not any(item.variant.device == "cuda" for item in timed):
+        return []
+    from specdet.benchmarks import transfers
+
+    return [row for batch in config.batch_sizes for row in transfers.measure(batch, crop, config.plan)]
 
 
 def _profiles(timed, pixels: np.ndarray, batch: int, progress) -> list[dict]:
@@ -332,8 +347,17 @@ def _preprocessing_note(image_set: image_sets.ImageSet) -> str:
     return f"specdet.runtime.preprocess: {kind}resize, centre crop, normalise; one process, no threads"
 
 
-def _subject(item: loading.Loaded, data: np.ndarray) -> timing.Subject:
+def timed_region(item: loading.Loaded) -> str:
+    """What a variant's latency row times: ``device`` (GPU work on a batch already on the device, in blocks of
+    back-to-back calls; transfers timed apart) or ``host`` (``runner.infer``: host array in, host arrays out)."""
+    return "device" if item.variant.device == "cuda" and hasattr(item.runner, "device_call") else "host"
+
+
+def _subject(item: loading.Loaded, data: np.ndarray, plan: timing.Plan) -> timing.Subject:
     batch = data.astype(item.input_dtype, copy=False)
+    if timed_region(item) == "device":
+        return timing.Subject(item.id, item.runner.device_call(batch), item.clock(), item.memory_probe(),
+                              calls=plan.device_calls)
     return timing.Subject(item.id, lambda: item.runner.infer(batch), item.clock(), item.memory_probe())
 
 
@@ -343,6 +367,9 @@ def _latency_row(item: loading.Loaded, batch: int, samples: timing.Samples) -> d
         "batch": batch,
         **stats.summarize(samples.seconds, batch),
         "first_call_ms": None if samples.first_call_s is None else samples.first_call_s * 1e3,
+        "timed": timed_region(item),
+        "calls_per_sample": samples.calls_per_sample,
+        "block_spread": timing.block_spread(samples.seconds),
         "clock": samples.clock,
         "memory": samples.memory,
         "peak_memory_mb": _mb(samples.peak_bytes),
@@ -351,15 +378,18 @@ def _latency_row(item: loading.Loaded, batch: int, samples: timing.Samples) -> d
 
 
 def _relate(rows: list[dict], reference_id: str, flops: int | None, peak: dict[str, dict],
-            cpu_precision: dict[str, str | None]) -> None:
-    """Speed-up over the reference at the same batch size, and the fraction of the CPU's peak of the row's own
-    precision (CPU variants: an FP32 row against the FP32 peak, a BF16 row against the BF16 peak)."""
+            cpu_precision: dict[str, str | None], gpu_peak: dict | None = None) -> None:
+    """Speed-up over the reference at the same batch size, and the fraction of the peak: for CPU variants the
+    CPU's peak of the row's own precision (an FP32 row against the FP32 peak, BF16 against BF16); for GPU variants
+    timed on the device the GPU's FP16 tensor-core peak, whatever the row's precision (one yardstick)."""
     reference = {r["batch"]: r["median_ms"] for r in rows if r["variant"] == reference_id}
     for row in rows:
         base = reference.get(row["batch"])
         row["speedup_vs_reference"] = None if base is None else base / row["median_ms"]
         key = peaks.row_precision(cpu_precision[row["variant"]]) if row["variant"] in cpu_precision else None
         ops = peak[key]["ops_per_s"] if key else None
+        if key is None and gpu_peak and row.get("timed") == "device":
+            key, ops = "gpu_fp16_tensor", gpu_peak["fp16_tensor_flops_per_s"]
         row["peak_precision"] = key
         row["fraction_of_peak"] = flops * row["images_per_s"] / ops if flops and ops else None
 

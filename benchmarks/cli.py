@@ -2,7 +2,7 @@
 
     detect-bench [ARTIFACT...] [--backends torch,onnxruntime,tensorrt,...] [--batch-sizes 1,8,32]
                  [--images DIR] [--max-images N] [--warmup N] [--iters N | --seconds S]
-                 [--sequential] [--threads N] [--profile] [--out DIR] [--no-plots]
+                 [--sequential] [--device-calls N] [--threads N] [--profile] [--out DIR] [--no-plots]
 
 ARTIFACTs are one model's checkpoint (``.pth``, the reference: PyTorch
 eager FP32) and exported files (``.onnx``, ``.engine``); without a ``.pth``
@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
                         help="time each batch size until the slowest variant has run this long (at least 3 rounds)")
     p.add_argument("--sequential", action="store_true",
                    help="time each variant on its own in turn instead of interleaving them call by call")
+    p.add_argument("--device-calls", type=cli.int_range(1, 100_000), metavar="N", default=50,
+                   help="GPU variants: back-to-back calls per timed sample, on a batch already on the device (default: 50)")
     p.add_argument("--threads", type=cli.THREADS, metavar="N", help="CPU threads per backend (default: each backend's own)")
     p.add_argument("--out", type=Path, metavar="DIR", default=Path(DEFAULT_OUT),
                    help=f"folder for the JSON, Markdown and PNG files (default: {DEFAULT_OUT})")
@@ -98,7 +100,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise SpecdetError(f"{flag} needs --end-to-end")
     try:
         plan = timing.Plan(args.warmup, None if args.seconds is not None else (10 if args.iters is None else args.iters), args.seconds,
-                           interleave=not args.sequential)
+                           interleave=not args.sequential, device_calls=args.device_calls)
     except ValueError as err:
         raise SpecdetError(f"{err}: check --warmup, --iters and --seconds") from None
     batch_sizes = bench.parse_batch_sizes(args.batch_sizes or "1,8")

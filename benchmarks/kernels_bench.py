@@ -3,20 +3,29 @@
     python -m specdet.benchmarks.kernels_bench --out benchmarks/results/kernels-h100.json
     python -m specdet.benchmarks.kernels_bench --device cpu --batches 1 --size 32 ...   # the CPU emulation, for CI
 
-Band split, ``[B, 3, 224, 224]`` to 4 bands for each B of ``--batches`` (1, 8, 32), float32 and float16:
+Band split, ``[B, 3, 224, 224]`` to 4 bands for each B of ``--batches`` (1, 8, 32), float32 (what the models
+feed it: the FP32 image, also under autocast) and float16:
 - ``kernel-cufft``, ``kernel-dft``: our launch function (specdet_band_split) per method;
 - ``seed-fft-chain``: the seed code's chain, one complex ``fft2`` and four masked ``ifft2().real``
   (float16 runs it in float32: torch.fft has no float16 for sizes that are not powers of two);
-- ``torch-rfft``: the reference (``rfft2``, one batched masked ``irfft2``), same rule for float16;
+- ``torch-rfft``: the reference (``rfft2``, one batched masked ``irfft2``), same rule for float16: the
+  models' own torch.fft path, which the kernels replace, so the baseline of every speed-up in the headline;
 - ``matmul-lowering``: the same code under ``ComplexLowering("matmul")``: the DFT as cuBLAS
   matrix products, the tensor-core DFT (float16; float32 with and without TF32).
 The spectrum statistic likewise on the SSCA map ``[32, 128, 16, 16]``. Then
 the dual-branch model's forward (ViT-B/16 configuration, random weights) with
 the torch op over our kernel against the plain torch version.
 
-Each row: median, 10th and 90th percentile of CUDA-event times over the
-repetitions, and the largest difference from the float64 NumPy reference.
-:func:`summarize` gives each kernel's speed-up over the seed's chain and
+Timing (:func:`time_calls`): ``--blocks`` blocks of ``--calls`` back-to-back
+calls between one pair of CUDA events, so a call's host launch cost overlaps
+the GPU's work instead of being timed, on inputs rotated through copies that
+together exceed twice the GPU's L2 cache (``--rotate-mib``), so no call finds
+its input in L2 from the one before. Each row: the median time per call over
+the blocks, the spread between blocks, the bytes a call must move (input
+read, output written) as a fraction of the GPU's memory bandwidth
+(:func:`specdet.benchmarks.peaks.gpu_peaks`), and the largest difference from
+the float64 NumPy reference. :func:`summarize` gives each kernel's speed-up
+over the models' torch.fft path and the seed's chain, and
 :func:`choose_methods` the faster method per op (what ``auto`` should be).
 Writes JSON with the device and library versions. Without a CUDA device it
 says so and exits with status 2, unless ``--device cpu``: then the kernels
@@ -28,7 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
+import math
 import os
 import platform
 import sys
@@ -40,7 +51,7 @@ import numpy as np
 import torch
 
 from specdet import cli
-from specdet.benchmarks import timing
+from specdet.benchmarks import peaks, stats, timing
 from specdet.kernels import library, reference
 from specdet.models import spectral
 
@@ -52,14 +63,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> dict:
-    """Milliseconds per call: CUDA events on a GPU, the monotonic clock on the CPU."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    clock = timing.CudaEventClock() if device.type == "cuda" else timing.MonotonicClock()
-    times = [clock.measure(fn) * 1e3 for _ in range(repeats)]
-    return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)), "p90_ms": float(np.percentile(times, 90))}
+def rotation(x: torch.Tensor, rotate_bytes: float) -> list[torch.Tensor]:
+    """``x`` and copies of it, together at least ``rotate_bytes`` (at most 512 tensors): inputs to rotate through."""
+    one = x.numel() * x.element_size()
+    count = min(512, max(1, math.ceil(rotate_bytes / one))) if one else 1
+    return [x] + [x.clone() for _ in range(count - 1)]
+
+
+def time_calls(fn: Callable[[torch.Tensor], object], inputs: list[torch.Tensor], plan: timing.Plan,
+               clock: timing.Clock) -> dict:
+    """Milliseconds per call of ``fn`` over ``inputs`` in turn: ``plan.iters`` blocks of ``plan.device_calls``
+    back-to-back calls, one clock reading before and after each block (CUDA events on a GPU)."""
+    turn = itertools.cycle(inputs)
+    (samples,) = timing.run([timing.Subject("call", lambda: fn(next(turn)), clock, calls=plan.device_calls)], plan)
+    ms = [t * 1e3 for t in samples.seconds]
+    return {"median_ms": stats.percentile(ms, 50), "min_ms": min(ms), "max_ms": max(ms),
+            "block_spread": timing.block_spread(ms), "blocks": len(ms), "calls_per_block": plan.device_calls,
+            "inputs_rotated": len(inputs)}
 
 
 @contextlib.contextmanager
@@ -72,16 +92,17 @@ def tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def kernel_call(lib: library.KernelLibrary, op: str, x: torch.Tensor, attributes: dict, method: str) -> Callable[[], torch.Tensor]:
-    dtype = {torch.float32: "float32", torch.float16: "float16"}[x.dtype]
-    params, out_shape = library.op_params(op, x.shape, attributes, dtype, method)
-    y = x.new_empty(out_shape)
+def kernel_call(lib: library.KernelLibrary, op: str, like: torch.Tensor, attributes: dict, method: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Our launch on an input of ``like``'s shape and dtype; the output, workspace and plans made once here."""
+    dtype = {torch.float32: "float32", torch.float16: "float16"}[like.dtype]
+    params, out_shape = library.op_params(op, like.shape, attributes, dtype, method)
+    y = like.new_empty(out_shape)
     size = lib.workspace_size(op, params)
-    workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=x.device)
+    workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=like.device)
     plans = lib.create_plans()
     lib.prepare(op, params, plans)
 
-    def call() -> torch.Tensor:
+    def call(x: torch.Tensor) -> torch.Tensor:
         stream = torch.cuda.current_stream().cuda_stream if x.is_cuda else 0  # the emulation takes host pointers
         lib.launch(op, params, x.data_ptr(), y.data_ptr(), workspace.data_ptr(), size, plans, stream)
         return y
@@ -94,35 +115,49 @@ def seed_chain(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.fft.ifft2(spectrum * m).real for m in masks], dim=1)
 
 
-def in_float32(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    if x.dtype == torch.float32:
-        return lambda: fn(x)
-    return lambda: fn(x.float()).to(x.dtype)
+def in_float32(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    if dtype == torch.float32:
+        return fn
+    return lambda x: fn(x.float()).to(dtype)
 
 
-def lowered(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, allow_tf32: bool) -> Callable[[], torch.Tensor]:
+def lowered(fn: Callable[[torch.Tensor], torch.Tensor], allow_tf32: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     from specdet.export.lowering import ComplexLowering
 
-    def call() -> torch.Tensor:
+    def call(x: torch.Tensor) -> torch.Tensor:
         with tf32(allow_tf32), ComplexLowering("matmul"):
             return fn(x)
 
     return call
 
 
-def measure(rows: list, label: str, dtype: str, shape: list, impl: str, fn: Callable[[], torch.Tensor], expected: np.ndarray, args) -> None:
-    row = {"op": label, "impl": impl, "dtype": dtype, "shape": shape}
+def measure(rows: list, label: str, dtype: str, x: torch.Tensor, impl: str, fn: Callable[[torch.Tensor], torch.Tensor],
+            expected: np.ndarray, args, moved_bytes: int | None = None) -> None:
+    """One row: ``fn``'s error on ``x`` against ``expected``, then its time on ``x`` and copies (:func:`rotation`).
+
+    ``moved_bytes``: what one call must read and write at least, for the fraction of the memory bandwidth."""
+    row = {"op": label, "impl": impl, "dtype": dtype, "shape": list(x.shape)}
     try:
-        out = fn()
+        out = fn(x)
         synchronize(args.device)
         row["max_abs_error"] = float(np.max(np.abs(out.double().cpu().numpy() - expected)))
-        row.update(time_calls(fn, args.warmup, args.repeats, args.device))
+        inputs = rotation(x, args.rotate_bytes)
+        row.update(time_calls(fn, inputs, args.plan, args.clock))
+        del inputs
+        bandwidth = (args.gpu_peak or {}).get("memory_bytes_per_s")
+        row["bytes_moved"] = moved_bytes
+        row["fraction_of_memory_bandwidth"] = (moved_bytes / (row["median_ms"] * 1e-3) / bandwidth
+                                               if moved_bytes and bandwidth and row["median_ms"] > 0 else None)
     except Exception as error:  # noqa: BLE001 (one failing candidate must not hide the others)
         row["error"] = f"{type(error).__name__}: {error}"
         if args.verbose:
             traceback.print_exc()
     rows.append(row)
-    text = f"{row['median_ms']:8.3f} ms (p10 {row['p10_ms']:.3f}, p90 {row['p90_ms']:.3f})" if "median_ms" in row else row.get("error", "")
+    shape = row["shape"]
+    spread = row.get("block_spread")
+    text = (f"{row['median_ms']:8.3f} ms (spread {spread * 100 if spread is not None else 0:.1f}%, "
+            f"{row['calls_per_block']} calls x {row['blocks']} blocks, {row['inputs_rotated']} inputs)"
+            if "median_ms" in row else row.get("error", ""))
     error = f"  max|err| {row['max_abs_error']:.2e}" if "max_abs_error" in row else ""
     print(f"{label:22s} {dtype:8s} {str(shape):18s} {impl:22s} {text}{error}", flush=True)
 
@@ -150,24 +185,25 @@ def bench_ops_at(lib: library.KernelLibrary, args, b: int) -> list:
     expected_stat = reference.spectrum_magnitude_mean(fmap16)
     for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
         x = torch.from_numpy(image16).to(device, dtype)
-        shape = list(x.shape)
+        moved = x.numel() * x.element_size() * (1 + len(edges) + 1)  # the image read, its bands written
         attrs = {"edges": edges, "centre": "zero"}
         for method in ("cufft", "dft"):
-            measure(rows, "band_split", name, shape, f"kernel-{method}", kernel_call(lib, "BandSplit", x, attrs, method), expected_bands, args)
-        measure(rows, "band_split", name, shape, "seed-fft-chain", in_float32(lambda t: seed_chain(t, masks), x), expected_bands, args)
-        measure(rows, "band_split", name, shape, "torch-rfft", in_float32(band_split_reference, x), expected_bands, args)
-        measure(rows, "band_split", name, shape, "matmul-lowering", lowered(band_split_reference, x, False), expected_bands, args)
+            call = kernel_call(lib, "BandSplit", x, attrs, method)
+            measure(rows, "band_split", name, x, f"kernel-{method}", call, expected_bands, args, moved)
+        measure(rows, "band_split", name, x, "seed-fft-chain", in_float32(lambda t: seed_chain(t, masks), dtype), expected_bands, args, moved)
+        measure(rows, "band_split", name, x, "torch-rfft", in_float32(band_split_reference, dtype), expected_bands, args, moved)
+        measure(rows, "band_split", name, x, "matmul-lowering", lowered(band_split_reference, False), expected_bands, args, moved)
         if dtype == torch.float32 and device.type == "cuda":
-            measure(rows, "band_split", name, shape, "matmul-lowering-tf32", lowered(band_split_reference, x, True), expected_bands, args)
+            measure(rows, "band_split", name, x, "matmul-lowering-tf32", lowered(band_split_reference, True), expected_bands, args, moved)
 
         f = torch.from_numpy(fmap16).to(device, dtype)
-        shape = list(f.shape)
+        moved = f.numel() * f.element_size() + f.shape[0] * f.shape[1] * f.element_size()
         for method in ("cufft", "dft"):
             call = kernel_call(lib, "SpectrumMagnitudeMean", f, {}, method)
-            measure(rows, "spectrum_magnitude_mean", name, shape, f"kernel-{method}", call, expected_stat, args)
+            measure(rows, "spectrum_magnitude_mean", name, f, f"kernel-{method}", call, expected_stat, args, moved)
         statistic = spectral.spectrum_magnitude_mean_reference
-        measure(rows, "spectrum_magnitude_mean", name, shape, "torch-rfft", in_float32(statistic, f), expected_stat, args)
-        measure(rows, "spectrum_magnitude_mean", name, shape, "matmul-lowering", lowered(statistic, f, False), expected_stat, args)
+        measure(rows, "spectrum_magnitude_mean", name, f, "torch-rfft", in_float32(statistic, dtype), expected_stat, args, moved)
+        measure(rows, "spectrum_magnitude_mean", name, f, "matmul-lowering", lowered(statistic, False), expected_stat, args, moved)
     return rows
 
 
@@ -192,11 +228,11 @@ def bench_model(name: str, args, rows: list) -> None:
     }
     for (dtype, impl), (context, autocast) in variants.items():
 
-        def forward(context=context, autocast=autocast) -> torch.Tensor:
+        def forward(x: torch.Tensor, context=context, autocast=autocast) -> torch.Tensor:
             with torch.inference_mode(), context(), torch.autocast(device.type, half, enabled=autocast):
                 return model(x)[0]
 
-        measure(rows, f"model:{name}", dtype, list(x.shape), impl, forward, expected, args)
+        measure(rows, f"model:{name}", dtype, x, impl, forward, expected, args)
 
 
 def bench_models(args) -> list:
@@ -208,23 +244,32 @@ def bench_models(args) -> list:
     return rows
 
 
-# The seed's chain is what a user of the seed code runs today; the kernels must beat it.
-BASELINE = "seed-fft-chain"
+# The models' own torch.fft path is what the kernels replace: the baseline of the headline. The seed's chain
+# (which nothing ships) and the matmul lowering are shown beside it.
+BASELINE = "torch-rfft"
+# What a model feeds each op: the dual-branch model's band split takes the FP32 image (also under autocast), the
+# SSCA statistic the feature map in the autocast dtype. Other rows are measured, not what runs.
+MODEL_DTYPES = {"band_split": ("float32",), "spectrum_magnitude_mean": ("float32", "float16")}
 
 
 def summarize(rows: list) -> list:
-    """Per op, dtype and shape: each kernel method's time and its speed-up over the seed's chain and the matmul lowering."""
+    """Per op, dtype and shape: each kernel method's time, its speed-up over the models' torch.fft path, the seed's
+    chain and the matmul lowering, its fraction of the memory bandwidth, and whether a model runs it."""
     groups: dict = {}
+    bandwidth: dict = {}
     for row in rows:
         if "median_ms" in row and not row["op"].startswith("model:"):
             groups.setdefault((row["op"], row["dtype"], tuple(row["shape"])), {})[row["impl"]] = row["median_ms"]
+            bandwidth[(row["op"], row["dtype"], tuple(row["shape"]), row["impl"])] = row.get("fraction_of_memory_bandwidth")
     summary = []
     for (op, dtype, shape), times in groups.items():
         for impl, ms in times.items():
             if not impl.startswith("kernel-"):
                 continue
-            entry = {"op": op, "dtype": dtype, "shape": list(shape), "method": impl.removeprefix("kernel-"), "median_ms": ms}
-            for other in (BASELINE, "torch-rfft", "matmul-lowering"):
+            entry = {"op": op, "dtype": dtype, "shape": list(shape), "method": impl.removeprefix("kernel-"), "median_ms": ms,
+                     "model_runs_it": dtype in MODEL_DTYPES.get(op, ()),
+                     "fraction_of_memory_bandwidth": bandwidth.get((op, dtype, shape, impl))}
+            for other in (BASELINE, "seed-fft-chain", "matmul-lowering"):
                 entry[f"speedup_vs_{other}"] = times[other] / ms if other in times else None
             summary.append(entry)
     return summary
@@ -247,9 +292,11 @@ def choose_methods(rows: list) -> dict[str, str]:
 
 
 def environment(lib: library.KernelLibrary | None, device: torch.device) -> dict:
+    from specdet.benchmarks import machine
     from specdet.versions import library_versions
 
     env = {
+        "gpu_math": machine.gpu_math(),
         "device": "cpu (kernels in the emulation library)",
         "torch_cuda": torch.version.cuda,
         "versions": library_versions(),
@@ -259,8 +306,14 @@ def environment(lib: library.KernelLibrary | None, device: torch.device) -> dict
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(0)
         env.update(device=props.name, compute_capability=f"{props.major}.{props.minor}",
-                   memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
+                   memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version(),
+                   l2_cache_mib=l2_bytes() / 2**20, peak=peaks.gpu_peaks(props.name))
     return env
+
+
+def l2_bytes() -> int:
+    """The GPU's L2 cache (60 MiB on an H200 is what torch reports; 50 MiB where this torch does not say)."""
+    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20))
 
 
 def run(args) -> dict:
@@ -271,12 +324,19 @@ def run(args) -> dict:
     else:
         lib = library.load_emulation()
     env = environment(lib, args.device)
+    args.gpu_peak = env.get("peak")
+    if args.rotate_mib is None:
+        args.rotate_mib = 2 * l2_bytes() / 2**20 if args.device.type == "cuda" else 0.0
+    args.rotate_bytes = args.rotate_mib * 2**20
+    args.plan = timing.Plan(warmup=args.warmup, iters=args.blocks, device_calls=args.calls)
+    args.clock = timing.CudaEventClock() if args.device.type == "cuda" else timing.MonotonicClock()
     print(f"{env['device']}, torch {torch.__version__}, CUDA {env['torch_cuda']}", flush=True)
     rows = bench_ops(lib, args) + bench_models(args)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "environment": env,
-        "settings": {k: str(v) if k == "device" else v for k, v in vars(args).items() if k != "out"},
+        "settings": {k: str(v) if k == "device" else v for k, v in vars(args).items()
+                     if k not in ("out", "plan", "clock", "gpu_peak")},
         "method_env": os.environ.get("SPECDET_KERNELS_METHOD", "auto"),
         "rows": rows,
         "summary": summarize(rows),
@@ -296,8 +356,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ssca-channels", type=int, default=128, help="channels of the SSCA map (proj_dim)")
     parser.add_argument("--ssca-size", type=int, default=16, help="side of the SSCA map (224 / 14)")
     parser.add_argument("--models", default="dual_branch_vit_b16", help="comma-separated; empty for none")
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--blocks", type=int, default=5, help="timed blocks per row (default: 5)")
+    parser.add_argument("--calls", type=int, default=50, help="back-to-back calls per block, one event pair around "
+                        "them (default: 50)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls first (default: 10)")
+    parser.add_argument("--rotate-mib", type=float, help="rotate through copies of each input adding up to this "
+                        "(default: twice the GPU's L2 cache; 0 on the CPU)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]

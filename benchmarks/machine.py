@@ -27,6 +27,7 @@ def describe() -> dict:
         "simd": cpu["simd"],
         "memory_gb": _memory_gb(),
         "gpus": gpu_info(),
+        "gpu_math": gpu_math(),
         "system": platform.platform(),
     }
 
@@ -123,6 +124,31 @@ def gpu_info() -> list[dict]:
             "cuda": torch.version.cuda,
         })
     return gpus
+
+
+def gpu_math() -> dict | None:
+    """torch's process-wide settings that change what FP32 work on a GPU computes and how fast: TF32 for matrix
+    products and for cuDNN convolutions (torch's defaults: off and on), cuDNN's autotuning and determinism.
+    None where torch sees no GPU. A variant that sets TF32 itself says so in its precision (fp32, fp32-tf32)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return {
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "matmul_allow_fp16_reduced_precision_reduction": torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+        "cudnn_enabled": torch.backends.cudnn.enabled,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_version": torch.backends.cudnn.version(),
+        # torch >= 2.9's per-backend precision settings, where this torch has them ("tf32", "ieee", "none")
+        "matmul_fp32_precision": getattr(torch.backends.cuda.matmul, "fp32_precision", None),
+        "cudnn_conv_fp32_precision": getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
+    }
 
 
 def device_label(machine: dict) -> str:

@@ -1,4 +1,5 @@
-"""The CPU's theoretical peak per precision (FP32, BF16, INT8), from the instruction sets /proc/cpuinfo lists.
+"""The CPU's theoretical peak per precision (FP32, BF16, INT8), from the instruction sets /proc/cpuinfo lists;
+the GPU's FP16 tensor-core peak and memory bandwidth from a table of datasheet figures (:func:`gpu_peaks`).
 
 One formula for all three::
 
@@ -96,3 +97,29 @@ def _peak(cpu: dict, macs: float, per_cycle: int, instruction: str) -> dict:
         f"x {'?' if clock is None else round(clock)} MHz",
         "instruction": instruction,
     }
+
+
+# ---- GPUs -----------------------------------------------------------------------------------------
+
+# Dense FP16 tensor-core FLOP/s (FP32 accumulate, no sparsity) and HBM/GDDR bandwidth, from NVIDIA's datasheets,
+# by a fragment of torch.cuda.get_device_name(); the first fragment found wins (H100 PCIe before H100, A100 before A10).
+_GPU_PEAKS = (
+    ("h200 nvl", 835e12, 4.8e12), ("h200", 989.5e12, 4.8e12),
+    ("h100 pcie", 756e12, 2.0e12), ("h100 nvl", 835e12, 3.9e12), ("h100", 989.5e12, 3.35e12),
+    ("b200", 2250e12, 8.0e12),
+    ("a100-sxm4-80gb", 312e12, 2.039e12), ("a100 80gb pcie", 312e12, 1.935e12), ("a100", 312e12, 1.555e12),
+    ("l40s", 362e12, 0.864e12), ("l4", 121e12, 0.3e12), ("a10", 125e12, 0.6e12), ("t4", 65e12, 0.32e12),
+)
+
+
+def gpu_peaks(name: str | None) -> dict | None:
+    """The GPU's FP16 tensor-core peak and memory bandwidth (datasheet figures), or None for a GPU not listed."""
+    if not name:
+        return None
+    lowered = name.lower()
+    for fragment, fp16_tensor, bandwidth in _GPU_PEAKS:
+        if fragment in lowered:
+            return {"gpu": name, "fp16_tensor_flops_per_s": fp16_tensor, "memory_bytes_per_s": bandwidth,
+                    "source": f"NVIDIA datasheet for '{fragment}': dense FP16 tensor FLOP/s (FP32 accumulate), "
+                              "memory bandwidth; see specdet/benchmarks/peaks.py"}
+    return None

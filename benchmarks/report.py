@@ -84,17 +84,18 @@ def markdown(record: dict) -> str:
         f"- Images: {record['images']['description']}; {record['images']['count']} scored"
         + (f", {len(record['images']['skipped'])} unreadable skipped" if record["images"]["skipped"] else ""),
         f"- Timing: {record['timing']['method']}; reference {record['reference']}",
+        *_gpu_lines(record),
         "",
         "## Latency",
         "",
         "| variant | artifact | FFT | precision | threads | batch | median ms | p90 ms | p99 ms | mean ± sd ms "
-        "| images/s | vs reference | % of CPU peak (of) | peak RSS MB (+call) |",
+        "| images/s | vs reference | % of peak (of) | peak RSS MB (+call) |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(record["latency"], key=lambda r: (r["batch"], list(variants).index(r["variant"]))):
         v = variants[r["variant"]]
         lines.append(
-            f"| {v['variant']} | {Path(v['artifact']).name} | {v.get('fft_mode') or '-'} | {v.get('precision') or '-'} "
+            f"| {v['variant']}{_host_timed(r, v)} | {Path(v['artifact']).name} | {v.get('fft_mode') or '-'} | {v.get('precision') or '-'} "
             f"| {v.get('threads') or '-'} | {r['batch']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} "
             f"| {r['mean_ms']:.2f} ± {r['std_ms']:.2f} | {r['images_per_s']:.1f} | {_num(r['speedup_vs_reference'], '.2f', 'x')} "
             f"| {_num(_g(r['fraction_of_peak'], 0.01), '.1f', '%')}{_of(r)} "
@@ -182,7 +183,34 @@ def _precision_peaks(peak: dict) -> list[str]:
 
 
 def _of(row: dict) -> str:
-    return f" ({row['peak_precision'].upper()})" if row.get("peak_precision") and row["fraction_of_peak"] is not None else ""
+    if not row.get("peak_precision") or row["fraction_of_peak"] is None:
+        return ""
+    return " (GPU FP16 tensor)" if row["peak_precision"] == "gpu_fp16_tensor" else f" ({row['peak_precision'].upper()})"
+
+
+def _host_timed(row: dict, variant: dict) -> str:
+    """A GPU row timed through runner.infer (host array in and out: transfers and a host wait included)."""
+    return " (host to host)" if row.get("timed") == "host" and str(variant.get("provider", "")).startswith("cuda") else ""
+
+
+def _gpu_lines(record: dict) -> list[str]:
+    """The GPU's peak, its math settings, and the transfers timed apart (records without a GPU: none)."""
+    lines = []
+    peak = record.get("gpu_peak")
+    if peak:
+        lines.append(f"- GPU peak: FP16 tensor {peak['fp16_tensor_flops_per_s'] / 1e12:.0f} TFLOP/s, memory "
+                     f"{peak['memory_bytes_per_s'] / 1e12:.2f} TB/s ({peak['source']})")
+    math = record["machine"].get("gpu_math")
+    if math:
+        lines.append("- GPU math: " + ", ".join(f"{k} {v}" for k, v in math.items()))
+    if any(r.get("timed") == "device" for r in record["latency"]):
+        lines.append("- GPU rows: the device's time per call on a batch already on the device (CUDA graph replays or "
+                     "eager forwards, blocks of back-to-back calls between one pair of events, median over blocks); "
+                     "host-device copies are timed apart below, files to probabilities is the end-to-end benchmark's")
+    for t in record.get("transfers") or []:
+        lines.append(f"- Transfer, batch {t['batch']}: {t['direction']} {t['bytes'] / 2**20:.2f} MiB in "
+                     f"{t['median_ms']:.3f} ms ({_num(t['gb_per_s'], '.1f')} GB/s, spread {_num(_g(t['block_spread'], 0.01), '.1f', '%')})")
+    return lines
 
 
 def _options(variant: dict) -> str:

@@ -17,6 +17,14 @@ CUDA events for work on the GPU) and its own memory probe (the process's
 resident set on the CPU, the allocator's peak on the GPU). Memory is read
 around every call, warm-up included (arenas grow on the first call of a new
 shape), but outside the timed interval.
+
+A sample is one block of ``Subject.calls`` back-to-back calls between one
+pair of clock readings, divided by the count. On the GPU a block of many
+calls (``Plan.device_calls``, 50 in the GPU suite) measures the device's
+time per call: the host queues call after call with no wait between them,
+so its launch cost overlaps the GPU's work instead of being timed, and the
+one host wait comes after the block's end event. The spread between blocks
+(:func:`block_spread`) says how steady the figure is.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
+
+from specdet.benchmarks import stats
 
 MIN_ITERATIONS = 3  # a --seconds budget still times every subject this often
 
@@ -42,6 +52,9 @@ class Plan:
     # False: each subject timed on its own, one after the other. For checking
     # whether one backend disturbs the next (thread pools that spin after a call).
     interleave: bool = True
+    # Back-to-back calls per sample for subjects timed on the device (GPU work queued without a host wait);
+    # 1 for work on the CPU, where every call returns its result.
+    device_calls: int = 1
 
     def __post_init__(self):
         if self.warmup < 0:
@@ -52,49 +65,62 @@ class Plan:
             raise ValueError(f"{self.iters} iterations: give 1 or more")
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"{self.seconds} seconds: give a positive time")
+        if self.device_calls < 1:
+            raise ValueError(f"{self.device_calls} calls per device sample: give 1 or more")
 
     def describe(self) -> str:
         budget = f"{self.iters} iterations" if self.iters is not None else f"{self.seconds:g} s per subject"
         order = "interleaved in rotating order" if self.interleave else "each variant on its own, in turn"
-        return f"{self.warmup} warm-up rounds, then {budget}, {order}"
+        blocks = f"; on the GPU each sample a block of {self.device_calls} back-to-back calls" if self.device_calls > 1 else ""
+        return f"{self.warmup} warm-up rounds, then {budget}, {order}{blocks}"
 
 
 class Clock(Protocol):
     name: str
 
-    def measure(self, call: Callable[[], object]) -> float:
-        """Seconds that ``call()`` took."""
+    def measure(self, call: Callable[[], object], calls: int = 1) -> float:
+        """Seconds per call of ``calls`` back-to-back calls of ``call()``, read once before and once after."""
 
 
 class MonotonicClock:
-    """Wall time on the CPU: ``time.perf_counter_ns`` around the call."""
+    """Wall time on the CPU: ``time.perf_counter_ns`` around the calls."""
 
     name = "monotonic"
 
-    def measure(self, call: Callable[[], object]) -> float:
+    def measure(self, call: Callable[[], object], calls: int = 1) -> float:
         start = time.perf_counter_ns()
-        call()
-        return (time.perf_counter_ns() - start) * 1e-9
+        for _ in range(calls):
+            call()
+        return (time.perf_counter_ns() - start) * 1e-9 / calls
 
 
 class CudaEventClock:
-    """Time on the GPU's timeline: CUDA events recorded before and after the call."""
+    """Time on the GPU's timeline: one CUDA event recorded before the block of calls, one after, then one host wait.
+
+    ``cuda`` is ``torch.cuda`` (a stub in the tests, which check that nothing
+    waits between the two events).
+    """
 
     name = "cuda_events"
 
-    def __init__(self):
-        import torch
+    def __init__(self, cuda=None):
+        if cuda is None:
+            import torch
 
-        self._torch = torch
+            cuda = torch.cuda
+        self._cuda = cuda
 
-    def measure(self, call: Callable[[], object]) -> float:
-        start = self._torch.cuda.Event(enable_timing=True)
-        end = self._torch.cuda.Event(enable_timing=True)
+    def measure(self, call: Callable[[], object], calls: int = 1) -> float:
+        start = self._cuda.Event(enable_timing=True)
+        end = self._cuda.Event(enable_timing=True)
+        # Work queued before the block (the previous subject's) must not land inside it.
+        self._cuda.synchronize()
         start.record()
-        call()
+        for _ in range(calls):
+            call()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) * 1e-3
+        return start.elapsed_time(end) * 1e-3 / calls
 
 
 class MemoryProbe(Protocol):
@@ -196,16 +222,26 @@ class Subject:
     call: Callable[[], object]
     clock: Clock = dataclasses.field(default_factory=MonotonicClock)
     memory: MemoryProbe = dataclasses.field(default_factory=NoProbe)
+    calls: int = 1  # back-to-back calls per sample (a block); Plan.device_calls for work on the device
 
 
 @dataclasses.dataclass
 class Samples:
-    seconds: list[float]  # the timed calls
-    first_call_s: float | None  # the first warm-up call (graph compilation, arena growth, ...)
+    seconds: list[float]  # per call, one per timed sample (a block of calls_per_sample calls)
+    first_call_s: float | None  # the first call, a warm-up one when there is one (graph compilation, arena growth, ...)
     peak_bytes: int | None  # largest peak over all calls, warm-up included
     peak_increase_bytes: int | None  # largest rise above the level before a call
     clock: str
     memory: str
+    calls_per_sample: int = 1
+
+
+def block_spread(seconds: Sequence[float]) -> float | None:
+    """(slowest - fastest) / median of the samples: how far the blocks disagree; None for fewer than 2."""
+    if len(seconds) < 2:
+        return None
+    middle = stats.percentile(seconds, 50)
+    return (max(seconds) - min(seconds)) / middle if middle > 0 else None
 
 
 def run(subjects: Sequence[Subject], plan: Plan, progress: Callable[[int], None] | None = None) -> list[Samples]:
@@ -215,7 +251,7 @@ def run(subjects: Sequence[Subject], plan: Plan, progress: Callable[[int], None]
     each gets its own warm-up and rounds in turn. ``progress(1)`` follows
     every call.
     """
-    results = [Samples([], None, None, None, s.clock.name, s.memory.name) for s in subjects]
+    results = [Samples([], None, None, None, s.clock.name, s.memory.name, s.calls) for s in subjects]
     groups = [list(range(len(subjects)))] if plan.interleave else [[i] for i in range(len(subjects))]
     for group in groups:
         if group:
@@ -230,7 +266,8 @@ def _rounds(subjects: list[Subject], results: list[Samples], plan: Plan, progres
         for i in order[shift:] + order[:shift]:
             subject, result = subjects[i], results[i]
             subject.memory.start()
-            elapsed = subject.clock.measure(subject.call)
+            # Warm-up rounds are single calls (compilation, capture, arenas), timed rounds whole blocks.
+            elapsed = subject.clock.measure(subject.call, subject.calls if timed else 1)
             _record_memory(result, subject.memory.stop())
             if result.first_call_s is None:
                 result.first_call_s = elapsed
@@ -250,7 +287,7 @@ def _rounds(subjects: list[Subject], results: list[Samples], plan: Plan, progres
 def _done(plan: Plan, rounds: int, results: list[Samples]) -> bool:
     if plan.iters is not None:
         return rounds >= plan.iters
-    slowest = max(sum(r.seconds) for r in results)
+    slowest = max(sum(r.seconds) * r.calls_per_sample for r in results)
     return rounds >= MIN_ITERATIONS and slowest >= plan.seconds
 
 

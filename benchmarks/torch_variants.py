@@ -22,7 +22,7 @@ class TorchVariantRunner(Runner):
     name = "torch"
 
     def __init__(self, base: TorchRunner, *, device: str = "cpu", autocast: Any = None, compile: bool = False,
-                 kernels: bool = False, cuda_graphs: bool = False):
+                 kernels: bool = False, cuda_graphs: bool = False, tf32: bool | None = None):
         import torch
 
         super().__init__(base.artifact, base.info)
@@ -46,14 +46,27 @@ class TorchVariantRunner(Runner):
         self._copy_stream = torch.cuda.Stream() if self._device.type == "cuda" else None
         self._normalise = None  # normalise_constants on the device, made on first use
         self.gpu_seconds = 0.0  # the model's GPU time so far (CUDA only): what the end-to-end benchmark reports
+        # FP32 matrix products and convolutions on TF32 tensor cores (True), in strict FP32 (False), or as the
+        # process has it (None; the report records the settings)
+        self._tf32 = tf32
 
     def _forward(self, x):
         torch = self._torch
         # A graph replays the casts it captured; autocast's weight cache would hand it tensors freed after capture.
         cast = (torch.autocast(self._device.type, dtype=self._autocast, cache_enabled=not self._cuda_graphs)
                 if self._autocast else contextlib.nullcontext())
-        with torch.inference_mode(), cast, self._spectral_ops():
+        with torch.inference_mode(), cast, self._spectral_ops(), _tf32(torch, self._tf32):
             return self._call(x)
+
+    def device_call(self, batch: np.ndarray):
+        """A call that scores ``batch``, put on the device once here, with no host transfer and no host wait:
+        the CUDA graph's replay when captured, else the forward. What the GPU's own time is measured on."""
+        x = self._torch.from_numpy(batch).to(self._device)
+        if not self._cuda_graphs:
+            return lambda: self._forward(x)
+        graph, static, _ = self._graph(tuple(x.shape))
+        static.copy_(x)
+        return graph.replay
 
     def _graph(self, shape: tuple[int, ...]):
         """The CUDA graph of one forward at ``shape``: warmed up on a side stream (cuFFT plans, workspaces), then captured."""
@@ -200,17 +213,32 @@ class TorchVariantRunner(Runner):
         self._base.close()
 
 
+@contextlib.contextmanager
+def _tf32(torch, enabled: bool | None):
+    """TF32 for FP32 matrix products and cuDNN convolutions while the call runs (strict FP32 when False;
+    torch's defaults are strict products but TF32 convolutions); None leaves the settings alone."""
+    if enabled is None:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def torch_loader(device: str = "cpu", autocast: str | None = None, compile: bool = False, kernels: bool = False,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, tf32: bool | None = None):
     """A variant's ``load(artifact, threads)``: the torch runner as it is, or wrapped as these options say."""
     def load(artifact: Path, threads: int | None) -> Runner:
         base = create_runner(artifact, "torch", RunnerOptions(threads=threads))
-        if device == "cpu" and autocast is None and not (compile or kernels or cuda_graphs):
+        if device == "cpu" and autocast is None and not (compile or kernels or cuda_graphs) and tf32 is None:
             return base
         import torch
 
         dtype = getattr(torch, autocast) if autocast else None
         return TorchVariantRunner(base, device=device, autocast=dtype, compile=compile, kernels=kernels,
-                                  cuda_graphs=cuda_graphs)
+                                  cuda_graphs=cuda_graphs, tf32=tf32)
 
     return load

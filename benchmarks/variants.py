@@ -169,8 +169,10 @@ for _variant in (
             torch_loader(autocast="bfloat16"), precision="autocast-bf16"),
     Variant("torch-compile", "torch", "cpu", "torch.compile (inductor, static shapes), FP32",
             torch_loader(compile=True), requires=_compiler, precision="fp32"),
-    Variant("torch-cuda-fp32", "torch", "cuda", "PyTorch eager on the GPU, FP32", torch_loader("cuda"),
-            requires=_cuda, precision="fp32"),
+    Variant("torch-cuda-fp32", "torch", "cuda", "PyTorch eager on the GPU, strict FP32 (TF32 off for products and "
+            "convolutions)", torch_loader("cuda", tf32=False), requires=_cuda, precision="fp32"),
+    Variant("torch-cuda-fp32-tf32", "torch", "cuda", "PyTorch eager on the GPU, FP32 with TF32 tensor-core products "
+            "and convolutions", torch_loader("cuda", tf32=True), requires=_cuda, precision="fp32-tf32"),
     Variant("torch-cuda-autocast-fp16", "torch", "cuda", "PyTorch eager on the GPU under autocast(float16)",
             torch_loader("cuda", autocast="float16"), requires=_cuda, precision="autocast-fp16"),
     Variant("torch-cuda-autocast-bf16", "torch", "cuda", "PyTorch eager on the GPU under autocast(bfloat16)",

@@ -63,8 +63,9 @@ class FakeClock:
     def __init__(self, log, name, seconds):
         self.log, self.subject, self.seconds = log, name, seconds
 
-    def measure(self, call):
-        call()
+    def measure(self, call, calls=1):
+        for _ in range(calls):
+            call()
         self.log.append(self.subject)
         return self.seconds
 

@@ -58,7 +58,7 @@ def test_dry_run_steps_hold_their_figures(dry_run):
         trained = results[f"train:{model}"]
         assert trained["images_per_s"] > 0 and trained["steps"] == 2
     head = record["headline"]
-    assert {e["op"] for e in head["kernel_speedup_vs_seed_chain"]} == {"band_split", "spectrum_magnitude_mean"}
+    assert {e["op"] for e in head["kernel_speedup_vs_model_path"]} == {"band_split", "spectrum_magnitude_mean"}
     assert set(head["best_gpu_path_vs_eager_fp32"]) == set(gpu_steps.TINY.values())
 
 
@@ -132,16 +132,24 @@ def test_kernel_summary_speedups_and_method_choice():
     dft32 = next(e for e in summary if e["method"] == "dft" and e["op"] == "band_split" and e["shape"][0] == 32)
     assert dft32["speedup_vs_seed-fft-chain"] == 6.0 and dft32["speedup_vs_torch-rfft"] == 3.0
     head = gpu_suite.headline([{"name": "kernels_bench", "status": "ok", "result": {"summary": summary, "chosen_methods": {}}}])
-    best = {(e["op"], e["shape"][0]): e for e in head["kernel_speedup_vs_seed_chain"]}
-    assert best[("band_split", 32)]["method"] == "dft" and best[("band_split", 32)]["speedup"] == 6.0
+    best = {(e["op"], e["shape"][0]): e for e in head["kernel_speedup_vs_model_path"]}
+    # The headline's baseline is the models' own torch.fft path, not the seed's chain (shown beside it)
+    band = best[("band_split", 32)]
+    assert band["method"] == "dft" and band["baseline"] == "torch-rfft" and band["speedup"] == 3.0
+    assert band["speedup_vs_seed_chain"] == 6.0
+    assert band["model_runs_it"] is False  # the models feed the band split FP32 images: an FP16 row is not what runs
     assert best[("spectrum_magnitude_mean", 32)] | {"baseline": "torch-rfft", "speedup": 4.0} == best[("spectrum_magnitude_mean", 32)]
+    assert best[("spectrum_magnitude_mean", 32)]["model_runs_it"] is True
 
 
 def test_best_gpu_path_is_measured_against_eager_fp32():
     latency = [{"variant": "torch-cuda-fp32:m.pth", "batch": 32, "median_ms": 100.0},
-               {"variant": "torch-cuda-graphs-fp16:m.pth", "batch": 32, "median_ms": 12.5},
+               {"variant": "torch-cuda-fp32-tf32:m.pth", "batch": 32, "median_ms": 50.0},
+               {"variant": "torch-cuda-graphs-fp16:m.pth", "batch": 32, "median_ms": 12.5, "timed": "device",
+                "peak_precision": "gpu_fp16_tensor", "fraction_of_peak": 0.25},
                {"variant": "torch-cuda-autocast-fp16:m.pth", "batch": 32, "median_ms": 20.0}]
     steps = [{"name": "bench:m", "status": "ok", "result": {"model": "m", "record": {"latency": latency}}}]
     (best,) = gpu_suite.headline(steps)["best_gpu_path_vs_eager_fp32"]["m"]
     assert best == {"batch": 32, "variant": "torch-cuda-graphs-fp16:m.pth", "median_ms": 12.5,
-                    "baseline": "torch-cuda-fp32:m.pth", "speedup": 8.0}
+                    "baseline": "torch-cuda-fp32:m.pth", "speedup": 8.0, "speedup_vs_tf32": 4.0,
+                    "fraction_of_fp16_tensor_peak": 0.25, "timed": "device"}

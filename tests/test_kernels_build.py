@@ -196,3 +196,56 @@ def test_torch_op_glue_runs_on_the_emulation(emulation, monkeypatch):
     wide = torch.randn(1, 1, 8, 8, dtype=torch.float64)  # not a kernel dtype: the torch.fft reference
     masks = spectral.radial_band_masks(8, 8, edges, "zero").double()
     torch.testing.assert_close(torch_ops.band_split_cuda(wide, edges, "zero"), spectral.band_split_reference(wide, masks))
+
+
+def _emulated_graphs(emulation, batches, stream: int) -> tuple[library.FftPlans, list[int], list]:
+    """Per batch size: the band split warmed up (plans made), then captured on ``stream``; the graph ids."""
+    import ctypes
+
+    lib = emulation._lib
+    lib.specdet_emu_capture_begin.argtypes = lib.specdet_emu_capture_end.argtypes = [ctypes.c_void_p]
+    lib.specdet_emu_capture_begin.restype = None
+    plans, graphs, buffers = emulation.create_plans(), [], []
+    for batch in batches:
+        x = np.random.default_rng(batch).standard_normal((batch, 1, 8, 8)).astype(np.float32)
+        params, out_shape = library.op_params("BandSplit", x.shape, {"edges": [0.2], "centre": "zero"}, "float32", "cufft")
+        y, workspace = np.empty(out_shape, np.float32), np.empty(emulation.workspace_size("BandSplit", params), np.uint8)
+        buffers.append((x, y, workspace))  # a graph's buffers live as long as the graph
+        emulation.launch("BandSplit", params, x.ctypes.data, y.ctypes.data, workspace.ctypes.data, workspace.size, plans, stream)
+        lib.specdet_emu_capture_begin(stream)
+        emulation.launch("BandSplit", params, x.ctypes.data, y.ctypes.data, workspace.ctypes.data, workspace.size, plans, stream)
+        graphs.append(lib.specdet_emu_capture_end(stream))
+    return plans, graphs, buffers
+
+
+def test_captured_plans_outlive_more_shapes_than_the_cache_holds(emulation):
+    """Issue 20's latent bug: graphs for 6 batch sizes (12 plans, the cache keeps 8) and the oldest still replays.
+
+    A CUDA graph bakes in each cuFFT plan's work area; the cache used to evict the oldest shape's plans (freeing
+    that area) and a replay of the first graph then read freed memory. Here the emulated replay fails when a
+    captured plan was destroyed.
+    """
+    live = emulation._lib.specdet_emu_live_fft_plans
+    before = live()
+    plans, graphs, _buffers = _emulated_graphs(emulation, range(1, 7), stream=0x51)
+    assert all(g >= 0 for g in graphs)
+    assert live() - before == 12  # every captured plan kept: the cache grew past its 8
+    for graph in (graphs[0], *graphs):
+        assert emulation._lib.specdet_emu_graph_replay(graph) == 0, f"graph {graph} replayed a destroyed plan"
+    del plans  # specdet_fft_plans_destroy: pinned plans go with the cache
+    assert live() == before
+
+
+def test_plans_never_captured_are_still_evicted(emulation):
+    """Without capture the cache stays bounded: 6 batch sizes, both directions, 8 plans live at most."""
+    live = emulation._lib.specdet_emu_live_fft_plans
+    before = live()
+    plans = emulation.create_plans()
+    for batch in range(1, 7):
+        x = np.zeros((batch, 1, 8, 8), np.float32)
+        params, out_shape = library.op_params("BandSplit", x.shape, {"edges": [0.2], "centre": "zero"}, "float32", "cufft")
+        y, workspace = np.empty(out_shape, np.float32), np.empty(emulation.workspace_size("BandSplit", params), np.uint8)
+        emulation.launch("BandSplit", params, x.ctypes.data, y.ctypes.data, workspace.ctypes.data, workspace.size, plans, 0)
+    assert live() - before == 8
+    del plans
+    assert live() == before

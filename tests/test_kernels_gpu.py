@@ -87,6 +87,39 @@ def test_side_stream_and_changing_batch_sizes(lib):
         assert contract.compare("BandSplit", "float32", y.cpu().numpy(), expected).ok
 
 
+def test_graphs_of_more_shapes_than_the_plan_cache_holds_still_replay(lib):
+    """Issue 20's plan-cache bug on the GPU: CUDA graphs of the cuFFT band split for 6 batch sizes (12 plans, the
+    cache keeps 8 unpinned), freed memory then refilled with NaN, and the oldest graph replayed: its plans were
+    pinned at capture, so it must still give the contract's result (the emulation test shows the plans live on)."""
+    edges = spectral.default_band_edges(4)
+    plans, graphs = lib.create_plans(), []
+    side = torch.cuda.Stream()
+    for batch in range(1, 7):
+        x = torch.randn(batch, 3, 32, 32, device="cuda")
+        params = library.band_split_params(x.shape, edges, "zero", "float32", "cufft")
+        y = x.new_empty((batch, 4, 3, 32, 32))
+        workspace = torch.empty(lib.workspace_size("BandSplit", params), dtype=torch.uint8, device="cuda")
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # the warm-up makes the plans outside the capture
+            lib.launch("BandSplit", params, x.data_ptr(), y.data_ptr(), workspace.data_ptr(), workspace.numel(), plans,
+                       side.cuda_stream)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            lib.launch("BandSplit", params, x.data_ptr(), y.data_ptr(), workspace.data_ptr(), workspace.numel(), plans,
+                       torch.cuda.current_stream().cuda_stream)
+        graphs.append((graph, x, y, workspace))
+    torch.cuda.synchronize()
+    junk = torch.full((256, 2**20), float("nan"), device="cuda")  # whatever was freed is now NaN
+    graph, x, y, _ = graphs[0]
+    y.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    del junk
+    expected = reference.band_split(x.cpu().numpy(), edges, "zero")
+    assert contract.compare("BandSplit", "float32", y.cpu().numpy(), expected).ok
+
+
 @pytest.mark.parametrize("method", ["auto", "dft", "cufft"])
 def test_torch_ops_run_our_kernels_on_cuda(lib, monkeypatch, method):
     from specdet.kernels import torch_ops

@@ -14,11 +14,16 @@
  * bins that stand for two): the matrices of export/dft_matrices.py. Stage 4
  * reads only the real part of bins 0 and W/2, as torch.fft.irfft2 does.
  *
- * cuFFT: one R2C plan over the N images, a kernel that writes the K masked
+ * cuFFT: one R2C plan over the N images, a kernel that writes the masked
  * half spectra (scaled by 1/(H W), the two orthonormal factors, and made
  * Hermitian in columns 0 and W/2 so that C2R sees the values irfft2 would
- * use), one C2R plan over the N * K bands writing [B, K, C, H, W] directly.
- * float16 data is converted to float32 in the workspace around the plans.
+ * use; each bin's band computed in place, as the band table would hold it),
+ * one C2R plan over the bands. float32: all N * K bands, the C2R writing
+ * [B, K, C, H, W] directly. float16: the input converted to float32 in the
+ * workspace, only the first K - 1 bands transformed (the masks partition the
+ * spectrum and the transforms are linear, so the last band is the input
+ * minus the others), and one kernel writes all K bands as float16: the last
+ * one's subtraction fused with the store.
  */
 #include "band_split.h"
 
@@ -34,6 +39,12 @@ struct Shape {
     int64_t band_images() const { return images() * bands; }
 };
 
+// Bands the cuFFT method transforms back: all of them in float32 (the C2R writes the output), all but the last in
+// float16 (the last is the input minus the others, written with the float16 store).
+int inverse_bands(Shape const& s, int dtype) {
+    return dtype == SPECDET_FLOAT16 ? s.bands - 1 : s.bands;
+}
+
 Shape shape_of(specdet_band_split_params const& p) {
     return Shape{p.batch, p.channels, p.height, p.width, p.width / 2 + 1, p.num_edges + 1};
 }
@@ -47,9 +58,13 @@ struct BandSplitOp {
 
     static int make_plans(Params const& p, specdet_fft_plans* plans) {
         Shape const s = shape_of(p);
+        int64_t const inverse = s.images() * inverse_bands(s, p.dtype);
+        if (inverse == 0) {
+            return SPECDET_OK; // float16 with one band: the band is the input, no transform
+        }
         cufftHandle plan = 0;
         SPECDET_TRY(fft_plan(plans, true, s.height, s.width, s.images(), nullptr, &plan));
-        return fft_plan(plans, false, s.height, s.width, s.band_images(), nullptr, &plan);
+        return fft_plan(plans, false, s.height, s.width, inverse, nullptr, &plan);
     }
 
     static size_t workspace_bytes(Params const& p);
@@ -86,8 +101,10 @@ struct BandOperand {
     }
 };
 
-__global__ void masked_spectra_kernel(cfloat const* spectrum, int32_t const* table, cfloat* out, int channels,
-    int bands, int height, int width, int64_t band_images, float scale) {
+// The first `bands` bands of each image's spectrum, [B, bands, C, H, W/2+1]; each bin's band is computed here
+// (band_of, the table's own function): no table to build and read on every launch.
+__global__ void masked_spectra_kernel(cfloat const* spectrum, Bands edges, cfloat* out, int channels, int bands,
+    int height, int width, int64_t band_images, float scale) {
     int const half_width = width / 2 + 1;
     int64_t const plane = static_cast<int64_t>(height) * half_width;
     int64_t const total = band_images * plane;
@@ -101,16 +118,36 @@ __global__ void masked_spectra_kernel(cfloat const* spectrum, int32_t const* tab
         int const k = static_cast<int>((band_image / channels) % bands);
         int64_t const b = band_image / (static_cast<int64_t>(channels) * bands);
         cfloat const* s = spectrum + (b * channels + c) * plane;
-        cfloat v = table[bin] == k ? s[bin] : cfloat{0.f, 0.f};
+        cfloat v = band_of(h, f, height, width, edges) == k ? s[bin] : cfloat{0.f, 0.f};
         if (f == 0 || (width % 2 == 0 && f == width / 2)) {
             // These columns hold their own conjugate partners: keep the Hermitian part,
             // (v[h] + conj(v[-h])) / 2, whose inverse is the real part irfft2 keeps.
             int const mirror = (height - h) % height;
             int64_t const mirror_bin = static_cast<int64_t>(mirror) * half_width + f;
-            cfloat const w = table[mirror_bin] == k ? s[mirror_bin] : cfloat{0.f, 0.f};
+            cfloat const w = band_of(mirror, f, height, width, edges) == k ? s[mirror_bin] : cfloat{0.f, 0.f};
             v = cfloat{0.5f * (v.re + w.re), 0.5f * (v.im - w.im)};
         }
         out[idx] = cfloat{v.re * scale, v.im * scale};
+    }
+}
+
+// float16 output of the cuFFT method, one thread per pixel of each image n = b * C + c: the K - 1 transformed
+// bands y32 [B, K-1, C, H, W] stored as float16, and the last band, x32 minus their sum, after them.
+__global__ void store_bands_kernel(
+    float const* x32, float const* y32, __half* y, int channels, int bands, int64_t pixels, int64_t count) {
+    for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < count;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        int64_t const p = idx % pixels;
+        int64_t const n = idx / pixels;
+        int64_t const c = n % channels;
+        int64_t const b = n / channels;
+        float rest = x32[idx];
+        for (int k = 0; k + 1 < bands; ++k) {
+            float const v = y32[((b * (bands - 1) + k) * channels + c) * pixels + p];
+            rest -= v;
+            y[((b * bands + k) * channels + c) * pixels + p] = __float2half_rn(v);
+        }
+        y[((b * bands + bands - 1) * channels + c) * pixels + p] = __float2half_rn(rest);
     }
 }
 
@@ -136,22 +173,23 @@ DftLayout dft_layout(Shape const& s, void* base, size_t* size) {
 }
 
 struct FftLayout {
-    int32_t* table;
     float* x32;
     cfloat *spectrum, *banded;
     float* y32;
 };
 
+// float32: the spectra and the K banded spectra; float16: the input as float32, the spectra, K - 1 banded
+// spectra and their K - 1 float32 transforms.
 FftLayout fft_layout(Shape const& s, int dtype, void* base, size_t* size) {
     Workspace ws(base);
     FftLayout l{};
     int64_t const plane = static_cast<int64_t>(s.height) * s.half_width;
     int64_t const pixels = static_cast<int64_t>(s.height) * s.width;
-    l.table = ws.take<int32_t>(plane);
+    int64_t const inverse = s.images() * inverse_bands(s, dtype);
     l.x32 = dtype == SPECDET_FLOAT16 ? ws.take<float>(s.images() * pixels) : nullptr;
     l.spectrum = ws.take<cfloat>(s.images() * plane);
-    l.banded = ws.take<cfloat>(s.band_images() * plane);
-    l.y32 = dtype == SPECDET_FLOAT16 ? ws.take<float>(s.band_images() * pixels) : nullptr;
+    l.banded = ws.take<cfloat>(inverse * plane);
+    l.y32 = dtype == SPECDET_FLOAT16 ? ws.take<float>(inverse * pixels) : nullptr;
     *size = ws.size();
     return l;
 }
@@ -204,33 +242,39 @@ int BandSplitOp::run_cufft(specdet_band_split_params const& p, void const* x, vo
     FftLayout const l = fft_layout(s, p.dtype, workspace, &size);
     int64_t const pixels = static_cast<int64_t>(s.height) * s.width;
     int64_t const plane = static_cast<int64_t>(s.height) * s.half_width;
-    cufftHandle forward = 0;
-    cufftHandle inverse = 0;
-    SPECDET_TRY(fft_plan(plans, true, s.height, s.width, s.images(), stream, &forward));
-    SPECDET_TRY(fft_plan(plans, false, s.height, s.width, s.band_images(), stream, &inverse));
-    SPECDET_TRY(build_band_table(l.table, s.height, s.width, bands_of(p), stream));
+    bool const half = p.dtype == SPECDET_FLOAT16;
+    int const transformed = inverse_bands(s, p.dtype);
     float const* x32 = static_cast<float const*>(x);
-    if (p.dtype == SPECDET_FLOAT16) {
+    if (half) {
         SPECDET_TRY(convert_to_float(static_cast<__half const*>(x), l.x32, s.images() * pixels, stream));
         x32 = l.x32;
     }
-    // Out-of-place R2C leaves its input untouched.
-    if (cufftExecR2C(forward, const_cast<cufftReal*>(x32), reinterpret_cast<cufftComplex*>(l.spectrum))
-        != CUFFT_SUCCESS) {
-        return SPECDET_ERROR_CUFFT;
+    if (transformed > 0) {
+        cufftHandle forward = 0;
+        cufftHandle inverse = 0;
+        SPECDET_TRY(fft_plan(plans, true, s.height, s.width, s.images(), stream, &forward));
+        SPECDET_TRY(fft_plan(plans, false, s.height, s.width, s.images() * transformed, stream, &inverse));
+        // Out-of-place R2C leaves its input untouched.
+        if (cufftExecR2C(forward, const_cast<cufftReal*>(x32), reinterpret_cast<cufftComplex*>(l.spectrum))
+            != CUFFT_SUCCESS) {
+            return SPECDET_ERROR_CUFFT;
+        }
+        float const scale = static_cast<float>(1.0 / static_cast<double>(pixels));
+        int64_t const total = s.images() * transformed * plane;
+        launch(masked_spectra_kernel, dim3(blocks_for(total, 1 << 20)), dim3(kThreads), stream, l.spectrum,
+            bands_of(p), l.banded, s.channels, transformed, s.height, s.width, s.images() * transformed, scale);
+        SPECDET_TRY(check_launch());
+        // C2R may overwrite its input: the banded spectra are scratch.
+        float* y32 = half ? l.y32 : static_cast<float*>(y);
+        if (cufftExecC2R(inverse, reinterpret_cast<cufftComplex*>(l.banded), y32) != CUFFT_SUCCESS) {
+            return SPECDET_ERROR_CUFFT;
+        }
     }
-    float const scale = static_cast<float>(1.0 / static_cast<double>(pixels));
-    int64_t const total = s.band_images() * plane;
-    launch(masked_spectra_kernel, dim3(blocks_for(total, 1 << 20)), dim3(kThreads), stream, l.spectrum, l.table,
-        l.banded, s.channels, s.bands, s.height, s.width, s.band_images(), scale);
-    SPECDET_TRY(check_launch());
-    float* y32 = p.dtype == SPECDET_FLOAT16 ? l.y32 : static_cast<float*>(y);
-    // C2R may overwrite its input: the banded spectra are scratch.
-    if (cufftExecC2R(inverse, reinterpret_cast<cufftComplex*>(l.banded), y32) != CUFFT_SUCCESS) {
-        return SPECDET_ERROR_CUFFT;
-    }
-    if (p.dtype == SPECDET_FLOAT16) {
-        SPECDET_TRY(convert_from_float(l.y32, static_cast<__half*>(y), s.band_images() * pixels, stream));
+    if (half) {
+        int64_t const count = s.images() * pixels;
+        launch(store_bands_kernel, dim3(blocks_for(count, 1 << 20)), dim3(kThreads), stream, x32, l.y32,
+            static_cast<__half*>(y), s.channels, s.bands, pixels, count);
+        SPECDET_TRY(check_launch());
     }
     return SPECDET_OK;
 }

@@ -4,6 +4,7 @@
 #include "spectral_common.cuh"
 
 #include <new>
+#include <vector>
 
 namespace specdet {
 namespace detail {
@@ -95,14 +96,6 @@ int convert_to_float(__half const* x, float* y, int64_t count, cudaStream_t stre
     return check_launch();
 }
 
-int convert_from_float(float const* x, __half* y, int64_t count, cudaStream_t stream) {
-    if (count == 0) {
-        return SPECDET_OK;
-    }
-    launch(convert_kernel<float, __half>, dim3(blocks_for(count)), dim3(kThreads), stream, x, y, count);
-    return check_launch();
-}
-
 template <class T>
 int magnitude_mean(cfloat const* spectrum, int64_t images, int64_t bins, float scale, T* y, cudaStream_t stream) {
     if (images == 0) {
@@ -120,11 +113,18 @@ template int magnitude_mean<__half>(cfloat const*, int64_t, int64_t, float, __ha
 } // namespace specdet
 
 // ---- cuFFT plan cache ----
+//
+// Up to kCapacity plans are kept, the least recently used evicted beyond that, except the plans a CUDA graph
+// captured: a captured cuFFT launch bakes in its plan's work area, and destroying the plan frees that area while
+// the graph can still be replayed (issue 20's latent bug: more batch shapes than the cache holds, then a replay of
+// the oldest graph used freed memory). A plan looked up while its stream is capturing is pinned for the cache's
+// life, and the cache grows past kCapacity rather than evict a pinned plan; nothing is destroyed during a capture
+// (cudaFree is not allowed in one).
 
 struct specdet_fft_plans {
     struct Entry {
-        bool used;
         bool forward;
+        bool pinned; // captured in a CUDA graph: never evicted
         int device;
         int height;
         int width;
@@ -132,13 +132,33 @@ struct specdet_fft_plans {
         uint64_t last_use;
         cufftHandle handle;
     };
-    static constexpr int kCapacity = 8; // shapes kept: (R2C, C2R) x a few batch sizes
-    Entry entries[kCapacity];
-    uint64_t clock;
+    static constexpr size_t kCapacity = 8; // unpinned plans kept: (R2C, C2R) x a few batch sizes
+    std::vector<Entry> entries;
+    uint64_t clock = 0;
 };
 
 namespace specdet {
 namespace detail {
+
+namespace {
+
+// The least recently used unpinned entry once kCapacity unpinned ones are kept, else null. Pinned plans do not
+// count: a full cache of them must not make the plan just handed out (unpinned) the next one evicted.
+specdet_fft_plans::Entry* eviction_victim(specdet_fft_plans* plans) {
+    specdet_fft_plans::Entry* victim = nullptr;
+    size_t unpinned = 0;
+    for (auto& e : plans->entries) {
+        if (!e.pinned) {
+            unpinned += 1;
+            if (victim == nullptr || e.last_use < victim->last_use) {
+                victim = &e;
+            }
+        }
+    }
+    return unpinned < specdet_fft_plans::kCapacity ? nullptr : victim;
+}
+
+} // namespace
 
 int fft_plan(specdet_fft_plans* plans, bool forward, int height, int width, int64_t batch, cudaStream_t stream,
     cufftHandle* plan) {
@@ -147,34 +167,17 @@ int fft_plan(specdet_fft_plans* plans, bool forward, int height, int width, int6
     }
     int device = 0;
     SPECDET_TRY(current_device(&device));
+    bool capturing = false;
+    SPECDET_TRY(stream_capturing(stream, &capturing));
     plans->clock += 1;
     specdet_fft_plans::Entry* slot = nullptr;
     for (auto& e : plans->entries) {
-        if (e.used && e.forward == forward && e.device == device && e.height == height && e.width == width
-            && e.batch == batch) {
+        if (e.forward == forward && e.device == device && e.height == height && e.width == width && e.batch == batch) {
             slot = &e;
             break;
         }
     }
     if (slot == nullptr) {
-        // A free entry, else the least recently used one.
-        for (auto& e : plans->entries) {
-            if (!e.used) {
-                slot = &e;
-                break;
-            }
-        }
-        if (slot == nullptr) {
-            slot = &plans->entries[0];
-            for (auto& e : plans->entries) {
-                if (e.last_use < slot->last_use) {
-                    slot = &e;
-                }
-            }
-            // cufftDestroy frees the plan's work area with cudaFree, which waits for work in flight.
-            cufftDestroy(slot->handle);
-            slot->used = false;
-        }
         cufftHandle handle = 0;
         if (cufftCreate(&handle) != CUFFT_SUCCESS) {
             return SPECDET_ERROR_CUFFT;
@@ -187,9 +190,25 @@ int fft_plan(specdet_fft_plans* plans, bool forward, int height, int width, int6
             cufftDestroy(handle);
             return SPECDET_ERROR_CUFFT;
         }
-        *slot = specdet_fft_plans::Entry{true, forward, device, height, width, batch, 0, handle};
+        specdet_fft_plans::Entry const made{forward, false, device, height, width, batch, 0, handle};
+        specdet_fft_plans::Entry* victim = capturing ? nullptr : eviction_victim(plans);
+        if (victim != nullptr) {
+            // cufftDestroy frees the plan's work area with cudaFree, which waits for work in flight.
+            cufftDestroy(victim->handle);
+            *victim = made;
+            slot = victim;
+        } else {
+            try {
+                plans->entries.push_back(made);
+            } catch (std::bad_alloc const&) {
+                cufftDestroy(handle);
+                return SPECDET_ERROR_INVALID_ARGUMENT;
+            }
+            slot = &plans->entries.back();
+        }
     }
     slot->last_use = plans->clock;
+    slot->pinned = slot->pinned || capturing;
     if (cufftSetStream(slot->handle, stream) != CUFFT_SUCCESS) {
         return SPECDET_ERROR_CUFFT;
     }
@@ -238,9 +257,7 @@ SPECDET_API void specdet_fft_plans_destroy(specdet_fft_plans* plans) {
         return;
     }
     for (auto& e : plans->entries) {
-        if (e.used) {
-            cufftDestroy(e.handle);
-        }
+        cufftDestroy(e.handle);
     }
     delete plans;
 }

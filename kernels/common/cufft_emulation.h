@@ -5,6 +5,12 @@
  * spectrum), computed as separable DFTs in double. Slow (O(n^2) per axis) and
  * only for tests: it lets the cuFFT method's own kernels (conversions, band
  * masks, scaling, batch layout) run on a machine without a GPU.
+ *
+ * Also a stand-in for CUDA graph capture of the cuFFT calls, for the plan
+ * cache's tests: between specdet_emu_capture_begin and _end (emulation_common.cpp)
+ * a stream "is capturing", and every transform run on it is recorded with its
+ * plan; replaying the graph runs the recorded transforms again and fails, as
+ * a real replay would read freed memory, when a recorded plan was destroyed.
  */
 #ifndef SPECDET_CUFFT_EMULATION_H
 #define SPECDET_CUFFT_EMULATION_H
@@ -29,7 +35,40 @@ struct FftPlan {
     bool made = false;
     cufftType type = CUFFT_R2C;
     long long height = 0, width = 0, batch = 0;
+    cudaStream_t stream = nullptr;
 };
+
+// One transform as a graph holds it: the plan (and so its work area) and the buffers, baked in.
+struct CapturedFft {
+    cufftHandle handle;
+    void* in;
+    void* out;
+};
+
+struct Capture {
+    cudaStream_t stream = nullptr;
+    bool open = false;
+    std::vector<CapturedFft> transforms;
+};
+
+// Every capture so far, by graph id (its index); at most one open per stream.
+inline std::vector<Capture>& captures() {
+    static std::vector<Capture> all;
+    return all;
+}
+
+inline Capture* open_capture(cudaStream_t stream) {
+    for (auto& c : captures()) {
+        if (c.open && c.stream == stream) {
+            return &c;
+        }
+    }
+    return nullptr;
+}
+
+inline bool stream_capturing(cudaStream_t stream) {
+    return open_capture(stream) != nullptr;
+}
 
 inline std::vector<FftPlan>& fft_plans() {
     static std::vector<FftPlan> plans(1); // handle 0 is never handed out
@@ -81,8 +120,13 @@ inline cufftResult cufftMakePlanMany64(cufftHandle handle, int rank, long long* 
     return CUFFT_SUCCESS;
 }
 
-inline cufftResult cufftSetStream(cufftHandle handle, cudaStream_t) {
-    return specdet_emu::fft_plan_of(handle) ? CUFFT_SUCCESS : CUFFT_INVALID_PLAN;
+inline cufftResult cufftSetStream(cufftHandle handle, cudaStream_t stream) {
+    specdet_emu::FftPlan* plan = specdet_emu::fft_plan_of(handle);
+    if (!plan) {
+        return CUFFT_INVALID_PLAN;
+    }
+    plan->stream = stream;
+    return CUFFT_SUCCESS;
 }
 
 inline cufftResult cufftDestroy(cufftHandle handle) {
@@ -99,6 +143,9 @@ inline cufftResult cufftExecR2C(cufftHandle handle, cufftReal* in, cufftComplex*
     specdet_emu::FftPlan const* plan = specdet_emu::fft_plan_of(handle);
     if (!plan || plan->type != CUFFT_R2C) {
         return CUFFT_INVALID_PLAN;
+    }
+    if (specdet_emu::Capture* capture = specdet_emu::open_capture(plan->stream)) {
+        capture->transforms.push_back({handle, in, out});
     }
     long long const H = plan->height, W = plan->width, Wh = W / 2 + 1;
     std::vector<std::complex<double>> rows(H * Wh), spectrum(H * Wh);
@@ -129,6 +176,9 @@ inline cufftResult cufftExecC2R(cufftHandle handle, cufftComplex* in, cufftReal*
     if (!plan || plan->type != CUFFT_C2R) {
         return CUFFT_INVALID_PLAN;
     }
+    if (specdet_emu::Capture* capture = specdet_emu::open_capture(plan->stream)) {
+        capture->transforms.push_back({handle, in, out});
+    }
     long long const H = plan->height, W = plan->width, Wh = W / 2 + 1;
     std::vector<std::complex<double>> spectrum(H * Wh), cols(H * Wh);
     for (long long b = 0; b < plan->batch; ++b) {
@@ -149,5 +199,34 @@ inline cufftResult cufftExecC2R(cufftHandle handle, cufftComplex* in, cufftReal*
     }
     return CUFFT_SUCCESS;
 }
+
+namespace specdet_emu {
+
+// Runs a graph's recorded transforms again: CUFFT_INVALID_PLAN when one's plan was destroyed since its capture.
+inline cufftResult replay(Capture const& capture) {
+    for (CapturedFft const& t : capture.transforms) {
+        FftPlan const* plan = fft_plan_of(t.handle);
+        if (!plan) {
+            return CUFFT_INVALID_PLAN;
+        }
+        cufftResult const status = plan->type == CUFFT_R2C
+            ? cufftExecR2C(t.handle, static_cast<cufftReal*>(t.in), static_cast<cufftComplex*>(t.out))
+            : cufftExecC2R(t.handle, static_cast<cufftComplex*>(t.in), static_cast<cufftReal*>(t.out));
+        if (status != CUFFT_SUCCESS) {
+            return status;
+        }
+    }
+    return CUFFT_SUCCESS;
+}
+
+inline int live_plans() {
+    int count = 0;
+    for (FftPlan const& p : fft_plans()) {
+        count += p.made ? 1 : 0;
+    }
+    return count;
+}
+
+} // namespace specdet_emu
 
 #endif // SPECDET_CUFFT_EMULATION_H

@@ -334,7 +334,6 @@ int build_twiddles(cfloat* m, int rows, int cols, int n, double scale, bool c2r_
 // table[h * half_width + f] = band_of(h, f) for the half spectrum.
 int build_band_table(int32_t* table, int height, int width, Bands const& bands, cudaStream_t stream);
 int convert_to_float(__half const* x, float* y, int64_t count, cudaStream_t stream);
-int convert_from_float(float const* x, __half* y, int64_t count, cudaStream_t stream);
 // y[i] = scale * mean_j |spectrum[i * bins + j]| for i < images.
 template <class T>
 int magnitude_mean(cfloat const* spectrum, int64_t images, int64_t bins, float scale, T* y, cudaStream_t stream);
@@ -350,6 +349,21 @@ inline int current_device(int* device) {
     return SPECDET_OK;
 #else
     return cudaGetDevice(device) == cudaSuccess ? SPECDET_OK : SPECDET_ERROR_CUDA;
+#endif
+}
+
+// Whether `stream` is being captured into a CUDA graph (the emulation's test hooks capture too: cufft_emulation.h).
+inline int stream_capturing(cudaStream_t stream, bool* capturing) {
+#ifdef SPECDET_CPU_EMULATION
+    *capturing = ::specdet_emu::stream_capturing(stream);
+    return SPECDET_OK;
+#else
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+        return SPECDET_ERROR_CUDA;
+    }
+    *capturing = status != cudaStreamCaptureStatusNone;
+    return SPECDET_OK;
 #endif
 }
 
