@@ -305,6 +305,8 @@ def preprocessing_problems(spec: Any) -> list[str]:
             problems.append(f"{key} must list 3 numbers")
         elif key == "std" and any(v == 0 for v in value):
             problems.append("std must not be 0")
+    if not isinstance(spec.get("pad_small", False), bool):  # the published detectors' CenterCrop padding
+        problems.append("pad_small must be true or false")
     if spec.get("interpolation") not in INTERPOLATIONS:
         problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}")
     return problems

@@ -59,6 +59,7 @@ Preprocessing parse_preprocessing(const json& p, const std::string& source) {
   if (problems.empty())
     for (int c = 0; c < 3; ++c)
       if (p["std"][c].get<double>() == 0) problems.push_back("std must not be 0");
+  if (p.contains("pad_small") && !p["pad_small"].is_boolean()) problems.push_back("pad_small must be true or false");
   const std::string interpolation = p.value("interpolation", json()).is_string() ? p["interpolation"].get<std::string>() : "";
   if (interpolation != "bicubic" && interpolation != "bilinear")
     problems.push_back("interpolation must be one of bicubic, bilinear");
@@ -75,6 +76,7 @@ Preprocessing parse_preprocessing(const json& p, const std::string& source) {
     out.std[c] = static_cast<float>(p["std"][c].get<double>());
   }
   out.filter = interpolation == "bicubic" ? Filter::Bicubic : Filter::Bilinear;
+  out.pad_small = p.contains("pad_small") && p["pad_small"].get<bool>();
   return out;
 }
 

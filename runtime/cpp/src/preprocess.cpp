@@ -10,7 +10,8 @@ namespace {
 // resize_for_crop + _resize_shorter_side of preprocess.py.
 Rgb resize_for_crop(const Rgb& image, const Preprocessing& spec) {
   const int shorter = std::min(image.width, image.height), longer = std::max(image.width, image.height);
-  const int target = std::max(spec.resize ? spec.resize : shorter, spec.crop);
+  const int wanted = spec.resize ? spec.resize : shorter;
+  const int target = spec.pad_small ? wanted : std::max(wanted, spec.crop);
   if (shorter == target) return image;
   // torchvision truncates the longer side: int(size * long / short), a correctly rounded double.
   const int new_long = static_cast<int>(static_cast<double>(static_cast<int64_t>(target) * longer) / shorter);
@@ -18,8 +19,11 @@ Rgb resize_for_crop(const Rgb& image, const Preprocessing& spec) {
   return resize(image, portrait ? target : new_long, portrait ? new_long : target, spec.filter);
 }
 
-// Python's round() of (size - crop) / 2: halves go to the even neighbour.
+// Where the crop starts on an axis of `size` pixels. Python's round() of (size - crop) / 2 (halves go to the
+// even neighbour); an axis shorter than the crop (pad_small only) starts (crop - size) / 2 before the image, the
+// black padding of _pad_to in preprocess.py.
 int centre_offset(int size, int crop) {
+  if (size < crop) return -((crop - size) / 2);
   return static_cast<int>(std::nearbyint((size - crop) / 2.0));
 }
 
@@ -34,10 +38,19 @@ void preprocess(const Rgb& image, const Preprocessing& spec, float* out) {
   for (int c = 0; c < 3; ++c) {
     // numpy: (pixels / 255.0 - mean) / std, every step in float32.
     const float mean = spec.mean[c], std = spec.std[c];
+    const float black = (0.0f / 255.0f - mean) / std;
     for (int y = 0; y < crop; ++y) {
-      const uint8_t* row = resized.row(top + y) + 3 * left + c;
       float* dst = out + c * plane + static_cast<size_t>(y) * crop;
-      for (int x = 0; x < crop; ++x) dst[x] = (static_cast<float>(row[3 * x]) / 255.0f - mean) / std;
+      const int sy = top + y;
+      if (sy < 0 || sy >= resized.height) {
+        std::fill(dst, dst + crop, black);
+        continue;
+      }
+      const uint8_t* row = resized.row(sy) + c;
+      for (int x = 0; x < crop; ++x) {
+        const int sx = left + x;
+        dst[x] = sx < 0 || sx >= resized.width ? black : (static_cast<float>(row[3 * sx]) / 255.0f - mean) / std;
+      }
     }
   }
 }

@@ -15,6 +15,7 @@ struct Preprocessing {
   int crop = 0;
   std::array<float, 3> mean{}, std{};
   Filter filter = Filter::Bicubic;
+  bool pad_small = false;  // pad an image smaller than the crop with black (torchvision's CenterCrop), never upscale
 };
 
 // Write the [3, crop, crop] tensor of `image` into `out` (3 * crop * crop floats).
