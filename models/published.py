@@ -15,8 +15,10 @@ Dropout slots; ``fc``), so the released keys load under the same names.
   ``models/clip_models.py``): one linear layer ``fc`` on CLIP's image
   embedding (``ln_post`` of the CLS token times the visual projection).
 
-The tower is transformers' CLIP vision model, whose parameters correspond one
-to one with OpenAI's (``import_published.openai_to_hf``).
+The tower is transformers' CLIP vision transformer (``embeddings``,
+``pre_layrnorm``, ``encoder.layers``, ``post_layernorm``: the same names in
+transformers 4 and 5), whose parameters correspond one to one with OpenAI's
+(``import_published.openai_to_hf``); UnivFD adds CLIP's visual projection.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,24 @@ def _projection(in_dim: int, dim: int, stages: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def clip_tower(config: CLIPVisionConfig) -> nn.Module:
+    """The vision transformer inside transformers' CLIP vision model, frozen and in eval mode.
+
+    Taken from ``CLIPVisionModelWithProjection.vision_model``, whose class
+    differs between transformers versions but whose parameter names do not.
+    """
+    tower = CLIPVisionModelWithProjection(config).vision_model
+    tower.requires_grad_(False)
+    return tower.eval()
+
+
 class Rine(nn.Module):
     """RINE as published. Returns ``{"logit": [B], "embedding": [B, proj_dim]}`` (the reference's ``p``, ``z``)."""
 
     def __init__(self, config: RineConfig):
         super().__init__()
         self.config = config
-        self.backbone = CLIPVisionModel(config.clip_config())
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
+        self.backbone = clip_tower(config.clip_config())
         d = config.proj_dim
         self.alpha = nn.Parameter(torch.zeros(1, config.clip_layers, d))
         self.proj1 = _projection(config.clip_hidden, d, config.nproj)
@@ -105,14 +116,15 @@ class Rine(nn.Module):
         state on the module between calls); the last block's MLP and the
         final LayerNorm feed nothing RINE reads and are skipped.
         """
-        vision = self.backbone.vision_model
-        hidden = vision.pre_layrnorm(vision.embeddings(x))
+        tower = self.backbone
+        hidden = tower.pre_layrnorm(tower.embeddings(x))
         taps = []
-        for i, block in enumerate(vision.encoder.layers):
+        blocks = tower.encoder.layers
+        for i, block in enumerate(blocks):
             hidden = hidden + block.self_attn(hidden_states=block.layer_norm1(hidden), attention_mask=None)[0]
             normed = block.layer_norm2(hidden)
             taps.append(normed[:, 0])
-            if i + 1 < len(vision.encoder.layers):
+            if i + 1 < len(blocks):
                 hidden = hidden + block.mlp(normed)
         return torch.stack(taps, dim=1)
 
@@ -128,9 +140,9 @@ class UnivFD(nn.Module):
     def __init__(self, config: UnivFDConfig):
         super().__init__()
         self.config = config
-        self.backbone = CLIPVisionModelWithProjection(config.clip_config(projection_dim=config.projection_dim))
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
+        self.backbone = clip_tower(config.clip_config())
+        self.projection = nn.Linear(config.clip_hidden, config.projection_dim, bias=False)  # CLIP's, frozen
+        self.projection.requires_grad_(False)
         self.fc = nn.Linear(config.projection_dim, 1)
 
     def train(self, mode: bool = True) -> UnivFD:
@@ -140,5 +152,6 @@ class UnivFD(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(pixel_values=x).image_embeds  # [B, projection_dim]
+        # CLIP's encode_image: ln_post of the CLS token (the pooled output), times the projection.
+        features = self.projection(self.backbone(pixel_values=x).pooler_output)  # [B, projection_dim]
         return {"logit": self.fc(features).squeeze(-1), "embedding": features}

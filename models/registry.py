@@ -44,8 +44,19 @@ class RegistryEntry:
 _TINY_VIT = dict(
     vit_embed_dim=64, vit_depth=2, vit_heads=2, freq_channels=(8, 8, 16, 16), fusion_dim=32, fusion_heads=2
 )
-_TINY_TOWER = dict(clip_hidden=64, clip_layers=2, clip_heads=2, clip_intermediate=128)
-_TINY_CLIP = dict(**_TINY_TOWER, proj_dim=32, embed_dim=32, attn_heads=2, gate_hidden=64)
+_TINY_CLIP = dict(
+    clip_hidden=64,
+    clip_layers=2,
+    clip_heads=2,
+    clip_intermediate=128,
+    proj_dim=32,
+    embed_dim=32,
+    attn_heads=2,
+    gate_hidden=64,
+)
+# OpenAI's CLIP has a head per 64 channels (its state dicts do not say), so a tiny tower that an OpenAI-layout
+# file describes is 128 wide for 2 heads.
+_TINY_TOWER = dict(clip_hidden=128, clip_layers=2, clip_heads=2, clip_intermediate=256)
 
 _VARIANTS: dict[str, RegistryEntry] = {
     "dual_branch_vit_b16": RegistryEntry(DualBranch, DualBranchConfig(), VIT_STATS),
