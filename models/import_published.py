@@ -85,7 +85,7 @@ def import_published(kind: str, head: str | os.PathLike, clip: str | os.PathLike
         raise SpecdetError(f"--arch {arch} is not a {publication.name} variant: use {', '.join(publication.archs)}")
     head, clip = Path(head), Path(clip)
     check_output(output, "checkpoint", inputs=(head, clip))
-    overrides, head_state = _HEAD_READERS[kind](read_tensors(head, f"{publication.name} head file"), head, publication)
+    overrides, head_state = map_head(kind, read_tensors(head, f"{publication.name} head file"), head)
     tower, clip_files, clip_format = read_clip(clip)
     tower = {k: v for k, v in tower.items() if k not in publication.dropped_tower_keys}
     config = models.model_config(arch, **overrides)
@@ -128,9 +128,13 @@ def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         content = checkpoint.load_tensors(path)
     except Exception as err:  # torch raises many types here: pickle, zip, runtime errors
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights only load failed" in reason.lower():
+        # The safe unpickler names the class or function a pickle would import; any other failure
+        # (a text file: "Unsupported operand") is a file that is not a tensor file at all.
+        if "unsupported global" in str(err).lower():
             raise SpecdetError(f"{path} holds pickled Python objects, which are refused for safety: "
                                f"pass the {what} as released (tensors only)") from err
+        if "weights only load failed" in reason.lower():
+            reason = "not a torch.save file"
         raise SpecdetError(f"{path} is not a readable {what} ({reason}): it may be truncated; download it again") \
             from err
     if not (isinstance(content, dict) and content
@@ -249,6 +253,12 @@ def openai_to_hf(state: dict[str, torch.Tensor], source: Path | str = "CLIP") ->
 
 
 # ---- heads ---------------------------------------------------------------------------------------
+
+
+def map_head(kind: str, state: dict[str, torch.Tensor], path: Path | str) -> tuple[dict, dict]:
+    """A released head file's tensors (``state``, read from ``path``) to the config overrides of its model and
+    its tensors under the model's names; a file of another layout is a one-line error."""
+    return _HEAD_READERS[kind](state, Path(path), PUBLISHED[kind])
 
 
 def _rine_head(state: dict, path: Path, publication: Publication) -> tuple[dict, dict]:

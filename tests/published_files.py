@@ -79,10 +79,10 @@ def rine_head_state(layers: int, width: int, nproj: int, dim: int, seed: int = 1
     for name in ("proj1", "proj2"):
         for i in range(nproj):
             fan_in = width if name == "proj1" and i == 0 else dim
-            state[f"{name}.{1 + 3 * i}.weight"] = torch.randn(dim, fan_in, generator=g) * fan_in ** -0.5
+            state[f"{name}.{1 + 3 * i}.weight"] = torch.randn(dim, fan_in, generator=g) * (2 / fan_in) ** 0.5
             state[f"{name}.{1 + 3 * i}.bias"] = torch.randn(dim, generator=g) * 0.1
     for index, out in ((0, dim), (3, dim), (6, 1)):
-        state[f"head.{index}.weight"] = torch.randn(out, dim, generator=g) * dim ** -0.5
+        state[f"head.{index}.weight"] = torch.randn(out, dim, generator=g) * (2 / dim) ** 0.5
         state[f"head.{index}.bias"] = torch.randn(out, generator=g) * 0.1
     return state
 
