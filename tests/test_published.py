@@ -303,3 +303,15 @@ def test_pad_small_crops_on_the_cpu_when_the_device_resizes(tmp_path):
 def test_bad_pad_small_is_an_invalid_preprocessing():
     with pytest.raises(Exception, match="pad_small must be true or false"):
         preprocess(samples.coffee(), {**default_preprocessing("rine_tiny"), "pad_small": "yes"})
+
+
+def test_dropout_is_off_at_inference_and_the_tower_stays_frozen():
+    model = create_model("rine_tiny").train()
+    assert not model.backbone.training and all(not p.requires_grad for p in model.backbone.parameters())
+    x = _photos()[:2]
+    with torch.no_grad():
+        trained = [model(x)["logit"] for _ in range(2)]
+        model.eval()
+        evaluated = [model(x)["logit"] for _ in range(2)]
+    assert not torch.equal(*trained)  # the reference's Dropout(0.5) slots are there, active in training
+    assert torch.equal(*evaluated)
