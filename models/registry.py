@@ -20,6 +20,7 @@ import torch.nn as nn
 from specdet.errors import SpecdetError
 from specdet.limits import MAX_CONFIG_INT, MAX_CONFIG_ITEMS, MAX_CONFIG_TEXT, MAX_INPUT_SIZE, MAX_MODEL_NUMBERS
 from specdet.models.dual_branch import DualBranch, DualBranchConfig
+from specdet.models.published import Rine, RineConfig, UnivFD, UnivFDConfig
 from specdet.models.rine_ssca import RineSSCA, RineSSCAConfig
 
 # Normalisation of timm's vit_base_patch16_224 weights.
@@ -37,6 +38,9 @@ class RegistryEntry:
     model: type[nn.Module]  # built as model(config)
     config: Any  # the default config dataclass
     stats: dict  # mean, std and interpolation of the backbone's pretrained weights
+    # An image smaller than the crop is zero-padded (torchvision's CenterCrop, as the published
+    # detectors' evaluation does) rather than scaled up: see specdet.runtime.preprocess.
+    pad_small: bool = False
 
 
 # The tiny variants: the same code at about 0.2 M parameters, for tests and CPU smoke runs.
@@ -53,12 +57,20 @@ _TINY_CLIP = dict(
     attn_heads=2,
     gate_hidden=64,
 )
+# OpenAI's CLIP has a head per 64 channels (its state dicts do not say), so a tiny tower that an OpenAI-layout
+# file describes is 128 wide for 2 heads.
+_TINY_TOWER = dict(clip_hidden=128, clip_layers=2, clip_heads=2, clip_intermediate=256)
 
 _VARIANTS: dict[str, RegistryEntry] = {
     "dual_branch_vit_b16": RegistryEntry(DualBranch, DualBranchConfig(), VIT_STATS),
     "dual_branch_tiny": RegistryEntry(DualBranch, DualBranchConfig(**_TINY_VIT), VIT_STATS),
     "rine_ssca_clip_l14": RegistryEntry(RineSSCA, RineSSCAConfig(), CLIP_STATS),
     "rine_ssca_tiny": RegistryEntry(RineSSCA, RineSSCAConfig(**_TINY_CLIP), CLIP_STATS),
+    # The published detectors (models/published.py), imported with detect-import.
+    "rine_clip_l14": RegistryEntry(Rine, RineConfig(), CLIP_STATS, pad_small=True),
+    "rine_tiny": RegistryEntry(Rine, RineConfig(**_TINY_TOWER, nproj=2, proj_dim=16), CLIP_STATS, pad_small=True),
+    "univfd_clip_l14": RegistryEntry(UnivFD, UnivFDConfig(), CLIP_STATS, pad_small=True),
+    "univfd_tiny": RegistryEntry(UnivFD, UnivFDConfig(**_TINY_TOWER, projection_dim=32), CLIP_STATS, pad_small=True),
 }
 
 
@@ -109,19 +121,23 @@ def create_model(name: str, **overrides) -> nn.Module:
 
 
 def default_preprocessing(name: str, **overrides) -> dict:
-    """``{"resize", "crop", "mean", "std", "interpolation"}`` for the variant.
+    """``{"resize", "crop", "mean", "std", "interpolation"}`` for the variant, and ``"pad_small": True`` for
+    the variants that zero-pad a small image.
 
     ``resize=None``: images are centre-cropped to ``crop`` without resizing
-    (and resized only when smaller than ``crop``), because resampling blurs
-    the high-frequency traces a detector looks for.
+    (and resized only when smaller than ``crop``, or padded with ``pad_small``),
+    because resampling blurs the high-frequency traces a detector looks for.
     """
-    stats = _variant(name).stats
+    entry = _variant(name)
+    stats = entry.stats
+    padding = {"pad_small": True} if entry.pad_small else {}
     return {
         "resize": None,
         "crop": model_config(name, **overrides).input_size,
         "mean": list(stats["mean"]),
         "std": list(stats["std"]),
         "interpolation": stats["interpolation"],
+        **padding,
     }
 
 

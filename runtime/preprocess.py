@@ -10,7 +10,10 @@ The preprocessing dict comes from the checkpoint or the manifest::
 Resizing and cropping follow torchvision's ``Resize(int)`` and ``CenterCrop``
 on PIL images (same size rounding, same PIL filters), so a model trained
 with those transforms sees the same pixels here. Unlike ``CenterCrop``, an
-image smaller than the crop is scaled up rather than padded with black.
+image smaller than the crop is scaled up rather than padded with black,
+unless the spec says ``"pad_small": true`` (the published detectors, whose
+reference evaluation runs ``CenterCrop`` alone): then it is padded with black
+exactly as ``CenterCrop`` pads it.
 Work per image is bounded: an image above ``max_pixels`` (default
 :data:`MAX_PIXELS`) is refused before it is decoded, and so is one whose
 resized size would be (a 3 x 100000 strip scaled to a 224-pixel short side
@@ -315,8 +318,11 @@ def resize_for_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
 def resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:
     width, height = size
     short, long = min(width, height), max(width, height)
-    # A missing "resize" means no resize, as null does (preprocessing_problems accepts both).
-    target = max(spec.get("resize") or short, spec["crop"])
+    # A missing "resize" means no resize, as null does (preprocessing_problems accepts both);
+    # a short side below the crop is scaled up to it unless the crop pads it instead.
+    target = spec.get("resize") or short
+    if not spec.get("pad_small"):
+        target = max(target, spec["crop"])
     if short == target:
         return size
     # torchvision's Resize(int): the longer side is truncated, not rounded.
@@ -326,9 +332,24 @@ def resized_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]
 
 def _resize_and_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
     crop = spec["crop"]
-    image = resize_for_crop(image, spec)
+    image = _pad_to(resize_for_crop(image, spec), crop)
     left, top = crop_origin(image.size, crop)
     return image.crop((left, top, left + crop, top + crop))
+
+
+def _pad_to(image: Image.Image, crop: int) -> Image.Image:
+    """``image`` padded with black to at least ``crop`` on each side, as torchvision's CenterCrop pads it.
+
+    The odd pixel goes right and bottom (``(crop - w) // 2`` on the left); a
+    plain ``Image.crop`` beyond the edges would pad too, but rounds the
+    half the other way.
+    """
+    width, height = image.size
+    if width >= crop and height >= crop:
+        return image
+    padded = Image.new("RGB", (max(width, crop), max(height, crop)))
+    padded.paste(image, (max(crop - width, 0) // 2, max(crop - height, 0) // 2))
+    return padded
 
 
 def crop_origin(size: tuple[int, int], crop: int) -> tuple[int, int]:

@@ -92,11 +92,14 @@ class CropPlan:
         return self.rows[1] - self.rows[0], self.cols[1] - self.cols[0], 3
 
 
-def plan(size: tuple[int, int], spec: dict[str, Any]) -> CropPlan:
-    """The crop plan of an image of ``size`` (width, height) under the preprocessing ``spec``."""
+def plan(size: tuple[int, int], spec: dict[str, Any]) -> CropPlan | None:
+    """The crop plan of an image of ``size`` (width, height) under the preprocessing ``spec``; None for an image
+    the crop pads (``pad_small``), which has nothing to resample and is cropped on the CPU."""
     width, height = size
     new_width, new_height = resized_size(size, spec)
     crop = spec["crop"]
+    if min(new_width, new_height) < crop:
+        return None
     left, top = crop_origin((new_width, new_height), crop)
     axes = []
     for in_size, out_size, first in ((height, new_height, top), (width, new_width, left)):

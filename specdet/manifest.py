@@ -311,6 +311,8 @@ def preprocessing_problems(spec: Any) -> list[str]:
         problems.append("std must not be 0")
     elif numbers and not finite_normalisation(spec["mean"], spec["std"]):
         problems.append("mean and std must give finite float32 pixels: (x - mean) / std for x from 0 to 1")
+    if not isinstance(spec.get("pad_small", False), bool):  # the published detectors' CenterCrop padding
+        problems.append("pad_small must be true or false")
     if spec.get("interpolation") not in INTERPOLATIONS:
         problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}")
     return problems

@@ -87,7 +87,9 @@ def _arrays():
     return arrays
 
 
-@pytest.mark.parametrize("changes", [{}, {"resize": 64, "interpolation": "bilinear"}, {"resize": 333}])
+@pytest.mark.parametrize("changes", [{}, {"resize": 64, "interpolation": "bilinear"}, {"resize": 333},
+                                     # the published detectors: small images (and sides) padded with black
+                                     {"pad_small": True}, {"pad_small": True, "resize": 23}])
 def test_preprocessing_equals_python_on_decoded_pixels(cpp, tiny_onnx, tmp_path, changes):
     artifact = _with_preprocessing(tiny_onnx, tmp_path, **changes)
     detector = CppDetector(cpp.library, artifact)

@@ -23,7 +23,8 @@ from specdet.models import ScoringModule, create_model, default_preprocessing, l
 from specdet.models.spectral import band_split, spectrum_magnitude_mean
 from specdet.train.losses import DualBranchLoss, RineSSCALoss
 
-TINY = ["dual_branch_tiny", "rine_ssca_tiny"]
+TINY = ["dual_branch_tiny", "rine_ssca_tiny", "rine_tiny", "univfd_tiny"]
+PUBLISHED = ("rine_clip_l14", "rine_tiny", "univfd_clip_l14", "univfd_tiny")  # the papers' models, as released
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def images():
 
 
 def test_list_models():
-    assert list_models() == ["dual_branch_tiny", "dual_branch_vit_b16", "rine_ssca_clip_l14", "rine_ssca_tiny"]
+    assert list_models() == ["dual_branch_tiny", "dual_branch_vit_b16", "rine_clip_l14", "rine_ssca_clip_l14",
+                             "rine_ssca_tiny", "rine_tiny", "univfd_clip_l14", "univfd_tiny"]
 
 
 def test_unknown_name_lists_known_names():
@@ -99,7 +101,10 @@ def test_scoring_module(models, images, name):
 @pytest.mark.parametrize("name", list_models())
 def test_default_preprocessing(name):
     pre = default_preprocessing(name)
-    assert set(pre) == {"resize", "crop", "mean", "std", "interpolation"}
+    # The published detectors' reference evaluation pads a small image (torchvision's CenterCrop alone).
+    padded = {"pad_small"} if name in PUBLISHED else set()
+    assert set(pre) == {"resize", "crop", "mean", "std", "interpolation"} | padded
+    assert pre.get("pad_small", False) == (name in PUBLISHED)
     assert pre["resize"] is None and pre["crop"] == 224 and pre["interpolation"] in ("bicubic", "bilinear")
     assert len(pre["mean"]) == len(pre["std"]) == 3
     expected_mean = [0.5] * 3 if name.startswith("dual_branch") else [0.48145466, 0.4578275, 0.40821073]
@@ -108,7 +113,9 @@ def test_default_preprocessing(name):
 
 @pytest.mark.parametrize(
     ("name", "backbone", "low", "high"),
-    [("dual_branch_vit_b16", "vit", 86e6, 95e6), ("rine_ssca_clip_l14", "backbone", 303e6, 310e6)],
+    [("dual_branch_vit_b16", "vit", 86e6, 95e6), ("rine_ssca_clip_l14", "backbone", 303e6, 310e6),
+     # CLIP ViT-L/14's vision tower (303.2 M) and RINE's 2-class head (0.28 M) or UnivFD's projection and fc
+     ("rine_clip_l14", "backbone", 303.4e6, 303.5e6), ("univfd_clip_l14", "backbone", 303.9e6, 304.0e6)],
 )
 def test_full_size_parameter_counts(name, backbone, low, high):
     with torch.device("meta"):

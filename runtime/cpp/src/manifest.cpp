@@ -98,6 +98,7 @@ Preprocessing parse_preprocessing(const json& p, const std::string& source) {
   }
   if (numbers && !finite_normalisation(p["mean"], p["std"]))
     problems.push_back("mean and std must give finite float32 pixels: (x - mean) / std for x from 0 to 1, with std not 0");
+  if (p.contains("pad_small") && !p["pad_small"].is_boolean()) problems.push_back("pad_small must be true or false");
   const std::string interpolation = p.value("interpolation", json()).is_string() ? p["interpolation"].get<std::string>() : "";
   if (interpolation != "bicubic" && interpolation != "bilinear")
     problems.push_back("interpolation must be one of bicubic, bilinear");
@@ -114,6 +115,7 @@ Preprocessing parse_preprocessing(const json& p, const std::string& source) {
     out.std[c] = static_cast<float>(p["std"][c].get<double>());
   }
   out.filter = interpolation == "bicubic" ? Filter::Bicubic : Filter::Bilinear;
+  out.pad_small = p.contains("pad_small") && p["pad_small"].get<bool>();
   return out;
 }
 

@@ -15,8 +15,11 @@ Rgb resize_for_crop(const Rgb& image, const Preprocessing& spec, const ImageLimi
   return resize(image, static_cast<int>(width), static_cast<int>(height), spec.filter);
 }
 
-// Python's round() of (size - crop) / 2: halves go to the even neighbour.
+// Where the crop starts on an axis of `size` pixels. Python's round() of (size - crop) / 2 (halves go to the
+// even neighbour); an axis shorter than the crop (pad_small only) starts (crop - size) / 2 before the image, the
+// black padding of _pad_to in preprocess.py.
 int centre_offset(int size, int crop) {
+  if (size < crop) return -((crop - size) / 2);
   return static_cast<int>(std::nearbyint((size - crop) / 2.0));
 }
 
@@ -24,7 +27,9 @@ int centre_offset(int size, int crop) {
 
 std::pair<int64_t, int64_t> resized_size(int64_t width, int64_t height, const Preprocessing& spec) {
   const int64_t shorter = std::min(width, height), longer = std::max(width, height);
-  const int64_t target = std::max<int64_t>(spec.resize ? spec.resize : shorter, spec.crop);
+  const int64_t wanted = spec.resize ? spec.resize : shorter;
+  // pad_small: never upscaled to the crop (the crop pads it instead, as torchvision's CenterCrop does).
+  const int64_t target = spec.pad_small ? wanted : std::max<int64_t>(wanted, spec.crop);
   if (shorter == target) return {width, height};
   // A target no image may be resized to (a manifest's resize of 10^12): refused by check_resized
   // whatever the other side, which is then not computed (target * longer would overflow).
@@ -44,10 +49,19 @@ void preprocess(const Rgb& image, const Preprocessing& spec, const ImageLimits& 
   for (int c = 0; c < 3; ++c) {
     // numpy: (pixels / 255.0 - mean) / std, every step in float32.
     const float mean = spec.mean[c], std = spec.std[c];
+    const float black = (0.0f / 255.0f - mean) / std;
     for (int y = 0; y < crop; ++y) {
-      const uint8_t* row = resized.row(top + y) + 3 * left + c;
       float* dst = out + c * plane + static_cast<size_t>(y) * crop;
-      for (int x = 0; x < crop; ++x) dst[x] = (static_cast<float>(row[3 * x]) / 255.0f - mean) / std;
+      const int sy = top + y;
+      if (sy < 0 || sy >= resized.height) {
+        std::fill(dst, dst + crop, black);
+        continue;
+      }
+      const uint8_t* row = resized.row(sy) + c;
+      for (int x = 0; x < crop; ++x) {
+        const int sx = left + x;
+        dst[x] = sx < 0 || sx >= resized.width ? black : (static_cast<float>(row[3 * sx]) / 255.0f - mean) / std;
+      }
     }
   }
 }

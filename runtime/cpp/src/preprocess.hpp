@@ -17,6 +17,7 @@ struct Preprocessing {
   int crop = 0;        // at most limits::kMaxInputSize
   std::array<float, 3> mean{}, std{};
   Filter filter = Filter::Bicubic;
+  bool pad_small = false;  // pad an image smaller than the crop with black (torchvision's CenterCrop), never upscale
 };
 
 // The size an image of width x height is resized to before the crop (runtime/preprocess.py's
