@@ -109,8 +109,11 @@ def create_model(name: str, **overrides) -> nn.Module:
     a config from a checkpoint cannot make this allocate until the process is killed.
     """
     config = model_config(name, **overrides)
-    with torch.device("meta"):  # the same modules and shapes; pretrained weights are not read for a count
-        shape = _variant(name).model(dataclasses.replace(config, pretrained=False))
+    # The same modules and shapes on the meta device; pretrained weights (where a config has them) are not read
+    # for a count. The published detectors' configs have none: their weights come from detect-import.
+    counted = dataclasses.replace(config, pretrained=False) if hasattr(config, "pretrained") else config
+    with torch.device("meta"):
+        shape = _variant(name).model(counted)
     numbers = sum(t.numel() for t in (*shape.parameters(), *shape.buffers()))
     if numbers > MAX_MODEL_NUMBERS:
         raise SpecdetError(f"model {name} with this config holds {numbers:,} weights and buffers, above the limit "
