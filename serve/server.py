@@ -71,6 +71,21 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def check_ports_free(endpoints: Endpoints) -> None:
+    """Refuse, in one line, a port that something already listens on: tritonserver would fail to bind it only
+    after we had polled it, and another server answering there would have passed for ours."""
+    family = socket.AF_INET6 if ":" in endpoints.host else socket.AF_INET
+    for flag, port in (("--http-port", endpoints.http_port), ("--grpc-port", endpoints.grpc_port),
+                       ("--metrics-port", endpoints.metrics_port)):
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds: TIME_WAIT is free
+            try:
+                probe.bind((endpoints.host, port))
+            except OSError as err:
+                raise SpecdetError(f"port {port} on {endpoints.host} is not free ({err.strerror}): stop what uses it "
+                                   f"or choose another {flag}") from None
+
+
 def _url_host(host: str) -> str:
     """The address a client dials: a server bound to every address is reached on the loopback one."""
     if host in ("0.0.0.0", ""):
@@ -116,6 +131,7 @@ class TritonServer:
 
     def start(self, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Launch the server and wait until ``/v2/health/ready`` says every model is loaded, or ``cancelled()``."""
+        check_ports_free(self.endpoints)
         distribution = triton_distribution()
         self._work = Path(tempfile.mkdtemp(prefix="specdet-triton-"))
         try:

@@ -207,24 +207,29 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_a_server_that_cannot_start_is_one_line_and_non_zero():
+@pytest.mark.parametrize("taken", ["--http-port", "--metrics-port"])
+def test_a_port_in_use_is_one_line_before_any_server(taken):
+    """Something already listens on a port: refused before tritonserver starts (it used to be polled first, and
+    a server answering there passed for ours), with no "serving" line."""
     artifact = tiny_exports.exported("dual_branch_tiny", "matmul")
-    http, grpc, metrics = free_ports(3)
-    with socket.socket() as taken:  # someone else listens on the HTTP port
-        taken.bind(("127.0.0.1", http))
-        taken.listen()
+    ports = dict(zip(("--http-port", "--grpc-port", "--metrics-port"), free_ports(3)))
+    with socket.socket() as other:  # someone else listens there
+        other.bind(("127.0.0.1", ports[taken]))
+        other.listen()
         start = time.monotonic()
-        result = subprocess.run(_command(artifact, "--http-port", str(http), "--grpc-port", str(grpc),
-                                         "--metrics-port", str(metrics), "--ready-timeout", "60"),
-                                capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and time.monotonic() - start < 60
-    assert result.stderr.count("\n") == 1 and "tritonserver exited" in result.stderr, result.stderr
+        result = subprocess.run(_command(artifact, *[str(x) for pair in ports.items() for x in pair],
+                                         "--ready-timeout", "60"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and time.monotonic() - start < 30
+    assert result.stderr.count("\n") == 1 and "is not free" in result.stderr and taken in result.stderr, result.stderr
+    assert "serving" not in result.stdout
 
 
 def test_user_errors_before_any_server(tmp_path):
     for options, message in [([str(tmp_path / "missing.onnx")], "not found"),
                              ([str(tiny_exports.exported("dual_branch_tiny", "matmul")), "--http-port", "9000",
-                               "--grpc-port", "9000"], "must differ")]:
+                               "--grpc-port", "9000"], "must differ"),
+                             ([str(tiny_exports.exported("dual_branch_tiny", "matmul")), "--model-name", ".."],
+                              "model name '..'")]:
         result = subprocess.run([sys.executable, "-m", "specdet.serve.serve_cli", *options], capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
