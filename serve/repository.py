@@ -62,6 +62,10 @@ class Options:
     detector: str | None = None  # a DETECTORS key; None: onnxruntime for .onnx, tensorrt for engines
     name: str = DEFAULT_NAME  # the ensemble (one artifact), or the prefix of each (several)
     instances: int = 1  # instances of each model
+    # Instances of the preprocess model, which decodes the images (None: ``instances``). Triton runs each
+    # Python-backend instance in its own process: this is the Triton side's input pipeline, one per CPU core
+    # when decoding is what limits a GPU model.
+    preprocess_instances: int | None = None
     gpu: bool = False  # KIND_GPU for the onnxruntime and python detectors (tensorrt is always on the GPU)
     max_batch: int | None = None  # max_batch_size; None: the manifest's batch max
     queue_delay_us: int = 100  # dynamic batching: how long a request waits for others to batch with
@@ -78,6 +82,9 @@ def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{Options.queue_delay_us})")
     parser.add_argument("--instances", type=cli.int_range(1, 64), default=Options.instances, metavar="N",
                         help=f"instances of each model (default: {Options.instances})")
+    parser.add_argument("--preprocess-instances", type=cli.int_range(1, 256), metavar="N",
+                        help="instances of the preprocess model, each a process decoding images in parallel "
+                        "(default: --instances); about one per CPU core when decoding limits a GPU model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +258,8 @@ def _write_model(root: Path, model: _Model, options: Options) -> None:
         **common,
         "input": [{"name": names.IMAGE, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
         "output": [{"name": names.PIXELS, "data_type": pixels_type, "dims": pixels_dims}],
-        **batching, "instance_group": cpu,
+        **batching, "instance_group": [{"kind": Enum("KIND_CPU"),
+                                         "count": options.preprocess_instances or options.instances}],
         "parameters": _parameters(specdet_role="preprocess", specdet_manifest=json.dumps(manifest.to_dict()),
                                   specdet_site_dirs=sites),
     })

@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="specdet-serve-"))
     try:
         options = Options(detector="python", name=args.model_name, instances=args.instances,
+                          preprocess_instances=args.preprocess_instances,
                           max_batch=args.max_batch, queue_delay_us=args.queue_delay_us)
         repository = write_repository([args.artifact], work / "models", options)
         endpoints = Endpoints(args.host, args.http_port, args.grpc_port, args.metrics_port)

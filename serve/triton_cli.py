@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write(args: argparse.Namespace) -> int:
-    options = Options(detector=args.detector, name=args.name, instances=args.instances, gpu=args.gpu,
+    options = Options(detector=args.detector, name=args.name, instances=args.instances,
+                      preprocess_instances=args.preprocess_instances, gpu=args.gpu,
                       max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, tensorrt_fp16=args.tensorrt_fp16)
     output = write_repository(args.artifacts, args.output, options, force=args.force)
     print(f"wrote {output} ({len(args.artifacts)} model{'s' if len(args.artifacts) > 1 else ''}): "

@@ -62,6 +62,14 @@ def _parameters(config) -> dict[str, str]:
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
+def test_the_preprocess_model_takes_its_own_instance_count(tmp_path):
+    """--preprocess-instances: the decoding model's processes, apart from the detector's and postprocess's."""
+    artifact = _onnx(ARCHS[0])
+    repository = write_repository([artifact], tmp_path / "repo", Options(instances=2, preprocess_instances=12))
+    counts = {name: [g.count for g in config.instance_group] for name, config in _configs(repository).items()}
+    assert counts == {"specdet": [], "specdet_preprocess": [12], "specdet_detector": [2], "specdet_postprocess": [2]}
+
+
 @pytest.mark.parametrize("detector", ["onnxruntime", "tensorrt", "python"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_configs_follow_the_manifest(arch, detector, tmp_path):
