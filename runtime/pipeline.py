@@ -161,6 +161,11 @@ class _Layout:
     arena: int  # bytes per slot for device regions (0: none)
 
     @property
+    def arena_share(self) -> int:
+        """Arena bytes per file of a batch: a task of k files gets k shares, from its first file's."""
+        return self.arena // self.batch
+
+    @property
     def nbytes(self) -> int:
         return self.depth * (self.batch * self.crop * self.crop * 3 + self.arena)
 
@@ -358,7 +363,7 @@ class InputPipeline:
         """One batch's ``read_batch`` lists from its tasks', its crops moved down over the unreadable files' places
         (each task packed its readable files first within its own range of the slot)."""
         errors, frames, regions = [], [], []
-        share = self._layout.arena // self.batch_size
+        share = self._layout.arena_share
         filled = 0
         for first, (task_errors, task_frames, task_regions) in parts:
             readable = task_errors.count(None)
@@ -382,7 +387,7 @@ class InputPipeline:
                     return  # every slot holds a batch the consumer has not taken yet: wait for it
                 run.slots[task.number] = run.free.pop()
             worker.task = run.queued.pop()
-            share = self._layout.arena // self.batch_size
+            share = self._layout.arena_share
             arena = (share * task.first, share * len(task.paths)) if share else None
             try:
                 worker.conn.send((run.slots[task.number], task.first, arena, task.paths))

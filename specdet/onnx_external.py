@@ -25,6 +25,7 @@ import stat
 from pathlib import Path
 
 from specdet.errors import SpecdetError
+from specdet.onnx_metadata import not_onnx
 
 # Field numbers (onnx.proto) of the messages on the way to every TensorProto:
 # message name -> {field number: the message that field holds}.
@@ -88,7 +89,7 @@ def _check_location(model: Path, folder: Path, location: str, end: int) -> None:
 
 def _walk(data: mmap.mmap, start: int, end: int, kind: str, path: Path, needs: dict[str, int], depth: int) -> None:
     if depth > _MAX_DEPTH:
-        raise _not_onnx(path, "messages nested too deep")
+        raise not_onnx(path, "messages nested too deep")
     if kind == "Tensor":
         _tensor(data, start, end, path, needs)
         return
@@ -115,9 +116,9 @@ def _tensor(data: mmap.mmap, start: int, end: int, path: Path, needs: dict[str, 
     try:
         offset, length = int(entries.get("offset", 0)), int(entries.get("length", 0))
     except ValueError:
-        raise _not_onnx(path, f"external data {location!r} with an offset or length that is not a number") from None
+        raise not_onnx(path, f"external data {location!r} with an offset or length that is not a number") from None
     if offset < 0 or length < 0:
-        raise _not_onnx(path, f"external data {location!r} with a negative offset or length")
+        raise not_onnx(path, f"external data {location!r} with a negative offset or length")
     needs[location] = max(needs.get(location, 0), offset + length)
 
 
@@ -131,7 +132,7 @@ def _fields(data: mmap.mmap, start: int, end: int, path: Path, *, varints: bool 
         tag, position = _varint(data, position, end, path)
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
-            raise _not_onnx(path, "field number 0")
+            raise not_onnx(path, "field number 0")
         if wire_type == _VARINT:
             value, position = _varint(data, position, end, path)
             if varints:
@@ -141,13 +142,13 @@ def _fields(data: mmap.mmap, start: int, end: int, path: Path, *, varints: bool 
         elif wire_type == _LEN:
             length, position = _varint(data, position, end, path)
             if position + length > end:
-                raise _not_onnx(path, "a field runs past the end of its message")
+                raise not_onnx(path, "a field runs past the end of its message")
             yield number, position, position + length
             position += length
         else:
-            raise _not_onnx(path, f"wire type {wire_type}")
+            raise not_onnx(path, f"wire type {wire_type}")
     if position > end:
-        raise _not_onnx(path, "a field runs past the end of its message")
+        raise not_onnx(path, "a field runs past the end of its message")
 
 
 def _varint(data: mmap.mmap, position: int, end: int, path: Path) -> tuple[int, int]:
@@ -161,8 +162,4 @@ def _varint(data: mmap.mmap, position: int, end: int, path: Path) -> tuple[int, 
         shift += 7
         if shift > 63:
             break
-    raise _not_onnx(path, "a field ends inside a number")
-
-
-def _not_onnx(path: Path, what: str) -> SpecdetError:
-    return SpecdetError(f"{path.name} is not an ONNX file ({what}): pass a .onnx written by detect-export")
+    raise not_onnx(path, "a field ends inside a number")

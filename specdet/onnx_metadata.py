@@ -81,7 +81,7 @@ def _top_level_fields(file: IO[bytes], path: Path) -> Iterator[tuple[int, int, i
             return
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
-            raise _not_onnx(path, "field number 0")
+            raise not_onnx(path, "field number 0")
         if wire_type == _VARINT:
             _varint(file, path)
         elif wire_type in (_I64, _I32):
@@ -91,13 +91,13 @@ def _top_level_fields(file: IO[bytes], path: Path) -> Iterator[tuple[int, int, i
             start = file.tell()
             end = start + length
             if end > size:
-                raise _not_onnx(path, "a field runs past the end of the file")
+                raise not_onnx(path, "a field runs past the end of the file")
             yield number, field_start, start, end
             file.seek(end)
         else:
-            raise _not_onnx(path, f"wire type {wire_type}")
+            raise not_onnx(path, f"wire type {wire_type}")
         if file.tell() > size:
-            raise _not_onnx(path, "a field runs past the end of the file")
+            raise not_onnx(path, "a field runs past the end of the file")
 
 
 def _varint(file: IO[bytes], path: Path, *, at_end_ok: bool = False) -> int | None:
@@ -107,13 +107,13 @@ def _varint(file: IO[bytes], path: Path, *, at_end_ok: bool = False) -> int | No
         if not byte:
             if at_end_ok and shift == 0:
                 return None
-            raise _not_onnx(path, "it ends inside a field")
+            raise not_onnx(path, "it ends inside a field")
         value |= (byte[0] & 0x7F) << shift
         if not byte[0] & 0x80:
             return value
         shift += 7
         if shift > 63:
-            raise _not_onnx(path, "an overlong varint")
+            raise not_onnx(path, "an overlong varint")
 
 
 def _entry(payload: bytes, path: Path) -> tuple[str, str]:
@@ -123,14 +123,14 @@ def _entry(payload: bytes, path: Path) -> tuple[str, str]:
     while position < len(payload):
         tag, position = _decode_varint(payload, position, path)
         if tag & 7 != _LEN:
-            raise _not_onnx(path, "a metadata entry that is not two strings")
+            raise not_onnx(path, "a metadata entry that is not two strings")
         length, position = _decode_varint(payload, position, path)
         fields[tag >> 3] = payload[position : position + length]
         position += length
     try:
         return fields[_KEY].decode(), fields[_VALUE].decode()
     except UnicodeDecodeError:
-        raise _not_onnx(path, "a metadata entry that is not UTF-8") from None
+        raise not_onnx(path, "a metadata entry that is not UTF-8") from None
 
 
 def _decode_varint(data: bytes, position: int, path: Path) -> tuple[int, int]:
@@ -142,7 +142,7 @@ def _decode_varint(data: bytes, position: int, path: Path) -> tuple[int, int]:
         if not byte & 0x80:
             return value, position
         shift += 7
-    raise _not_onnx(path, "a metadata entry ends inside a field")
+    raise not_onnx(path, "a metadata entry ends inside a field")
 
 
 def _encode_varint(value: int) -> bytes:
@@ -167,5 +167,6 @@ def _copy(source: IO[bytes], target: IO[bytes], count: int) -> None:
         count -= len(block)
 
 
-def _not_onnx(path: Path, what: str) -> SpecdetError:
+def not_onnx(path: Path, what: str) -> SpecdetError:
+    """The one-line error for a file that is not the ONNX file it claims to be."""
     return SpecdetError(f"{path.name} is not an ONNX file ({what}): pass a .onnx written by detect-export")
