@@ -21,6 +21,7 @@ from pathlib import Path
 from specdet import cli
 from specdet.cli import add_debug_flag, run
 from specdet.errors import SpecdetError
+from specdet.serve.guard import Limits
 from specdet.serve.repository import DEFAULT_NAME, Options, add_batching_arguments, write_repository
 from specdet.serve.server import Endpoints, TritonServer
 
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=PORT, default=8002, help="Prometheus metrics (default: 8002)")
     add_batching_arguments(parser)
     parser.add_argument("--model-name", default=DEFAULT_NAME, help=f"the model clients call (default: {DEFAULT_NAME})")
+    parser.add_argument("--max-request-mb", type=cli.number_range(0, 4096, above=True), default=Limits.max_request_bytes / 2**20,
+                        metavar="MB", help="refuse (HTTP 413) a request body larger than this, before Triton reads it "
+                        f"(default: {Limits.max_request_bytes >> 20})")
     parser.add_argument("--ready-timeout", type=cli.number_range(0, above=True), default=120.0, metavar="S",
                         help="give up if the server is not ready after S seconds (default: 120)")
     add_debug_flag(parser)
@@ -65,7 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
                           max_batch=args.max_batch, queue_delay_us=args.queue_delay_us)
         repository = write_repository([args.artifact], work / "models", options)
         endpoints = Endpoints(args.host, args.http_port, args.grpc_port, args.metrics_port)
-        server = TritonServer(repository, endpoints, ready_timeout=args.ready_timeout)
+        server = TritonServer(repository, endpoints, ready_timeout=args.ready_timeout,
+                              limits=Limits(max_request_bytes=int(args.max_request_mb * 2**20)))
         try:
             server.start(cancelled=stop.is_set)  # a signal while it starts ends the wait too
             if not stop.is_set():
@@ -74,7 +79,15 @@ def _serve(args: argparse.Namespace) -> int:
             while not stop.wait(0.5):
                 code = server.poll()
                 if code is not None:
-                    raise SpecdetError(f"tritonserver exited with status {code}: {server.last_error()}")
+                    raise SpecdetError(server.ended(code))
+                model = server.dead_stub()
+                if model is not None:
+                    # Triton 2.51 does not restart a dead stub: every request would fail while it says ready.
+                    print(f"the Python process of model {model} ended: restarting tritonserver", file=sys.stderr,
+                          flush=True)
+                    server.restart(cancelled=stop.is_set)
+                    if not stop.is_set():
+                        print(f"serving {args.model_name} again", file=sys.stderr, flush=True)
         finally:
             server.stop()
         return 0

@@ -11,7 +11,17 @@ in the environment (and with the numpy < 2) of the interpreter that starts
 the server.
 
 The server runs in its own process group (it starts one stub process per
-model instance) so that :meth:`TritonServer.stop` ends all of them.
+model instance) so that :meth:`TritonServer.stop` ends all of them. Clients
+reach its HTTP endpoint through :mod:`specdet.serve.guard`, which bounds each
+request before Triton parses it; the server itself listens on a loopback port
+of its own.
+
+Two things Triton 2.51 does not do are done here: a stub that dies is not
+restarted (every request then fails while ``/v2/health/ready`` still says
+ready), so :meth:`TritonServer.dead_stub` tells its supervisor (detect-serve
+restarts the server); and the Python backend's ``/tmp/python_env_*`` folder
+is left behind when the server is killed, so :meth:`TritonServer.stop`
+removes the one its server made.
 """
 
 from __future__ import annotations
@@ -32,8 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specdet.errors import SpecdetError
+from specdet.serve.guard import Limits, RequestGuard
 
 _INSTALL = "the Triton server comes with pytriton: pip install 'specdet[serve]'"
+_STUB = "triton_python_backend_stub"
+# Where the Python backend makes its folder for execution environments (mkdtemp on a fixed template, not TMPDIR).
+_PYTHON_ENVS = Path("/tmp")
 
 
 @dataclass(frozen=True)
@@ -114,12 +128,18 @@ class TritonServer:
     """
 
     def __init__(self, repository: str | os.PathLike, endpoints: Endpoints = Endpoints(), *,
-                 log_path: str | os.PathLike | None = None, ready_timeout: float = 120.0):
+                 log_path: str | os.PathLike | None = None, ready_timeout: float = 120.0, limits: Limits | None = None):
         self.repository = Path(repository)
         self.endpoints = endpoints
         self.ready_timeout = ready_timeout
-        self._log_path = Path(log_path) if log_path else None
+        self.limits = limits or Limits()
+        self._given_log = Path(log_path) if log_path else None
+        self._log_path = self._given_log
         self._work: Path | None = None
+        self._guard: RequestGuard | None = None
+        self._stubs: dict[int, tuple[str, str]] = {}  # pid -> (start time, model) of the stubs seen at ready
+        self._envs_before: set[Path] = set()  # python_env_* folders before the server started
+        self._envs: set[Path] | None = None  # those that appeared while it started: its own
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> TritonServer:
@@ -136,25 +156,32 @@ class TritonServer:
         self._work = Path(tempfile.mkdtemp(prefix="specdet-triton-"))
         try:
             backends = self._backends(distribution, self._work)
-            if self._log_path is None:
-                self._log_path = self._work / "tritonserver.log"
+            self._log_path = self._given_log or self._work / "tritonserver.log"
+            # The guard takes the clients' port first (nobody else can take it while the server starts, and
+            # until the server answers, the guard says 503: not ready).
+            backend_port = free_ports(1)[0]
+            self._guard = RequestGuard(self.endpoints.host, self.endpoints.http_port, backend_port, self.limits)
+            self._guard.start()
+            self._envs_before = set(_PYTHON_ENVS.glob("python_env_*"))
             with open(self._log_path, "wb") as log:
                 self.process = subprocess.Popen(
-                    self._command(distribution, backends), stdin=subprocess.DEVNULL, stdout=log,
+                    self._command(distribution, backends, backend_port), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, env=self._environment(distribution), start_new_session=True,
                 )
             self._wait_ready(cancelled)
+            self._envs = self._new_envs()
+            self._stubs = _stubs(self.process.pid)
         except BaseException:
             self.stop()
             raise
 
-    def _command(self, distribution: Path, backends: Path) -> list[str]:
+    def _command(self, distribution: Path, backends: Path, http_port: int) -> list[str]:
         e = self.endpoints
         return [
             str(distribution / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
-            f"--http-address={e.host}", f"--http-port={e.http_port}",
+            "--http-address=127.0.0.1", f"--http-port={http_port}",  # behind the guard
             f"--grpc-address={e.host}", f"--grpc-port={e.grpc_port}",
             "--allow-metrics=true", f"--metrics-address={e.host}", f"--metrics-port={e.metrics_port}",
             # Each server's Python-backend shared memory under its own name: two servers on one machine
@@ -196,7 +223,7 @@ class TritonServer:
         while not cancelled():
             code = self.process.poll()
             if code is not None:
-                raise SpecdetError(f"tritonserver exited with status {code} before it was ready: {self.last_error()}")
+                raise SpecdetError(f"{self.ended(code)} before it was ready")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -218,18 +245,82 @@ class TritonServer:
         found = (errors or lines or ["empty log"])[-1]
         return found
 
+    def ended(self, code: int) -> str:
+        """How the server ended, in words: the signal that killed it, or its status and the log's last error."""
+        if code < 0:
+            try:
+                return f"tritonserver was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"tritonserver was killed by signal {-code}"
+        return f"tritonserver exited with status {code}: {self.last_error()}"
+
     def poll(self) -> int | None:
         """The server's exit status, or None while it runs."""
         return None if self.process is None else self.process.poll()
 
+    def _new_envs(self) -> set[Path]:
+        return {folder for folder in set(_PYTHON_ENVS.glob("python_env_*")) - self._envs_before
+                if folder.is_dir() and folder.stat().st_uid == os.getuid()}
+
+    def dead_stub(self) -> str | None:
+        """The model of a Python-backend stub that has ended since the server was ready (its requests now all
+        fail), or None while every one runs."""
+        for pid, (started, model) in self._stubs.items():
+            if _process_start(pid) != started:
+                return model
+        return None
+
+    def restart(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Stop the server and start it again on the same ports (what recovers a dead stub); a server with a dead
+        stub cannot answer anyway, so it gets 5 s to end before it is killed."""
+        self.stop(timeout=5.0)
+        self.start(cancelled)
+
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the server's process group, wait up to ``timeout`` s, then SIGKILL what is left. Idempotent."""
+        """Stop the guard, SIGTERM the server's process group, wait up to ``timeout`` s, then SIGKILL what is
+        left; remove the server's folders. Idempotent."""
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         if self.process is not None:
             _end_group(self.process, timeout)
             self.process = None
+            # Its backend's python_env_* folder, if the server could not remove it (killed, or crashed). Those
+            # that appeared while it started are its own (another server starting at that very moment aside).
+            for folder in self._envs if self._envs is not None else self._new_envs():
+                shutil.rmtree(folder, ignore_errors=True)
+            self._envs = None
+        self._stubs = {}
         if self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)
             self._work = None
+
+def _stubs(server: int) -> dict[int, tuple[str, str]]:
+    """The Python-backend stubs of the server's process group: pid -> (start time, model name)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[2]) == server and Path(os.fsdecode(argv[0])).name == _STUB and len(argv) > 1:
+            # argv[1] is MODEL/VERSION/model.py in the repository
+            found[int(entry.name)] = (fields[19], Path(os.fsdecode(argv[1])).parent.parent.name)
+    return found
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot: tells a reused pid apart), or None if it is not
+    running (a zombie, ended but not reaped, is not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
 
 def _end_group(process: subprocess.Popen, timeout: float) -> None:
     try:

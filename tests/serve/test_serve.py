@@ -7,13 +7,16 @@ whatever is left.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -168,6 +171,82 @@ def test_health_and_metrics(service):
     assert f'nv_inference_request_success{{model="{MODEL}"' in text
 
 
+def _post(port: int, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", data=body,
+                                     headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _raw(port: int, head: bytes) -> bytes:
+    """What the server answers a request head sent as is (for framing the HTTP client would not send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head)
+        return connection.recv(4096)
+
+
+def test_hostile_http_requests_are_refused_before_triton_and_serving_goes_on(service, expected):
+    """What crashed tritonserver (JSON nested 100,000 deep) or passed its checks (a shape of 2**62 or 2**32 + 1
+    with one image) is answered by the guard in front of it, in Triton's error format; the server stays up."""
+    files, probabilities = expected
+    image = files[0].read_bytes()
+    blob = struct.pack("<I", len(image)) + image
+    for shape in ([2**62, 1], [2**32 + 1, 1]):
+        header = json.dumps({"inputs": [{"name": "image", "shape": shape, "datatype": "BYTES",
+                                         "parameters": {"binary_data_size": len(blob)}}]}).encode()
+        status, answer = _post(service.http, header + blob, {"Inference-Header-Content-Length": str(len(header))})
+        assert status == 400 and "declares shape" in answer["error"], answer
+    status, answer = _post(service.http, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "nested 100000 levels" in answer["error"]
+    status, answer = _post(service.http, b"{}", {"Inference-Header-Content-Length": "99"})
+    assert status == 400 and "Inference-Header-Content-Length" in answer["error"]
+    head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\n".encode()
+    assert _raw(service.http, head + b"Content-Length: 999999999999\r\n\r\n").startswith(b"HTTP/1.1 413")
+    assert _raw(service.http, head + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").startswith(b"HTTP/1.1 411")
+    # A shape Triton counts right is still Triton's own answer (the guard does not stand in for its checks).
+    header = json.dumps({"inputs": [{"name": "image", "shape": [3, 1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    status, answer = _post(service.http, header + blob, {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400 and "expected 3 string elements" in answer["error"]
+    assert service.process.poll() is None
+    result = _infer("http", service.http, _encoded(files[:1]))
+    assert abs(float(result.as_numpy("probability").reshape(-1)[0]) - probabilities[0]) <= 1e-4
+
+
+def _wait_scoring(service: Service, file: Path, timeout: float) -> float:
+    """The probability the server gives ``file`` once it answers again (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return float(_infer("http", service.http, _encoded([file])).as_numpy("probability").reshape(-1)[0])
+        except (InferenceServerException, OSError) as err:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not answering {timeout} s after a stub was killed: {err}") from None
+            time.sleep(0.5)
+
+
+def test_a_killed_stub_is_recovered(service, expected):
+    """Triton 2.51 does not restart a Python-backend stub: every request failed while it said ready. detect-serve
+    sees the stub end and restarts the server, which then scores as before."""
+    files, probabilities = expected
+    (server,) = children(service.process.pid)
+    stub = next(pid for pid in in_group(server) if "specdet_preprocess/" in _cmdline(pid))
+    os.kill(stub, signal.SIGKILL)
+    assert abs(_wait_scoring(service, files[0], timeout=90) - probabilities[0]) <= 1e-4
+    assert not running(server)  # a new server answered
+    ready, _, _ = select.select([service.process.stderr], [], [], 10)
+    assert ready and "model specdet_preprocess ended: restarting" in service.process.stderr.readline()
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.http}/v2/health/ready", timeout=10) as response:
+        assert response.status == 200
+
+
+def _python_envs() -> set[Path]:
+    return set(Path("/tmp").glob("python_env_*"))
+
+
 def test_sigterm_stops_everything(service):
     """The module's last test: it stops the shared server."""
     (server,) = children(service.process.pid)
@@ -177,6 +256,23 @@ def test_sigterm_stops_everything(service):
     assert service.process.wait(60) == 0
     assert not running(server) and not in_group(server)  # tritonserver and its backend stubs
     assert not Path(repository).exists()
+
+
+def test_a_crashed_server_is_one_line_and_leaves_nothing():
+    """tritonserver killed (as a crash would end it): detect-serve says how, exits 2, and removes what the server
+    could not, its Python backend's /tmp/python_env_* folder among them."""
+    before = _python_envs()
+    crashed = Service(tiny_exports.exported("dual_branch_tiny", "matmul"))
+    try:
+        (server,) = children(crashed.process.pid)
+        assert _python_envs() - before  # the server's own, made while it started
+        os.kill(server, signal.SIGKILL)
+        assert crashed.process.wait(60) == 2  # specdet's one-line error (README: exit codes)
+        error = crashed.process.stderr.read()
+        assert error.count("\n") == 1 and "tritonserver was killed by SIGKILL" in error, error
+        assert not in_group(server) and not _python_envs() - before
+    finally:
+        crashed.kill()
 
 
 def test_sigterm_while_starting_stops_everything():

@@ -1,0 +1,151 @@
+"""The request guard in front of tritonserver (serve/guard.py), against a stand-in server on the loopback.
+
+The real server behind it is tested in tests/serve/test_serve.py; here, what
+it refuses, and that what it relays arrives unchanged, both ways.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from specdet.serve.guard import MAX_ELEMENTS, Limits, Refused, RequestGuard, check_request, json_depth
+from specdet.serve.server import free_ports
+
+
+def _headers(**values: str) -> http.client.HTTPMessage:
+    message = http.client.HTTPMessage()
+    for key, value in values.items():
+        message[key.replace("_", "-")] = value
+    return message
+
+
+@pytest.mark.parametrize("text, depth", [
+    (b"", 0), (b"{}", 1), (b'{"a": [1, {"b": []}]}', 4), (b'"[[[["', 0), (b'{"a": "\\"[[[", "b": [2]}', 2),
+    (b'["\\\\", [[]]]', 3), (b"[" * 100_000, 100_000),
+])
+def test_json_depth_counts_brackets_outside_strings(text, depth):
+    assert json_depth(text) == depth
+
+
+def _infer_body(shape: list, header_only: bool = True) -> tuple[bytes, http.client.HTTPMessage]:
+    header = json.dumps({"inputs": [{"name": "image", "shape": shape, "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    return header + b"\x04\x00\x00\x00abcd", _headers(Inference_Header_Content_Length=str(len(header)))
+
+
+@pytest.mark.parametrize("shape", [[2**62, 1], [2**32 + 1, 1], [MAX_ELEMENTS + 1], [65536, 65536], [-1, 1],
+                                   [1.5, 1], [True, 1], ["1", 1]])
+def test_shapes_triton_would_count_wrongly_are_refused(shape):
+    body, headers = _infer_body(shape)
+    with pytest.raises(Refused, match="declares shape") as refused:
+        check_request("/v2/models/specdet/infer", headers, body, Limits())
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("shape", [[1, 1], [0, 1], [MAX_ELEMENTS], [46340, 46340]])
+def test_shapes_triton_counts_right_pass(shape):
+    body, headers = _infer_body(shape)
+    check_request("/v2/models/specdet/versions/1/infer", headers, body, Limits())
+
+
+def test_depth_and_header_length_are_checked_on_every_request():
+    with pytest.raises(Refused, match="nested 65 levels"):
+        check_request("/v2/repository/index", _headers(), b"[" * 65 + b"]" * 65, Limits())
+    check_request("/v2/repository/index", _headers(), b"[" * 64 + b"]" * 64, Limits())
+    with pytest.raises(Refused, match="nested 3 levels"):  # only the JSON part of a binary body is counted
+        check_request("/v2/models/m/infer", _headers(Inference_Header_Content_Length="6"), b"[[[]]][[[[[[", Limits(max_json_depth=2))
+    for length in ("99", "-1", "x"):
+        with pytest.raises(Refused, match="Inference-Header-Content-Length"):
+            check_request("/v2/models/m/infer", _headers(Inference_Header_Content_Length=length), b"{}", Limits())
+    check_request("/v2/models/m/infer", _headers(), b"not json", Limits())  # Triton's own error, safely
+
+
+class _Backend(BaseHTTPRequestHandler):
+    """Answers with what it received: method, path, one header and the body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _echo(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        answer = json.dumps({"method": self.command, "path": self.path, "x": self.headers.get("X-Test"),
+                             "body": body.decode("latin-1")}).encode()
+        self.send_response(404 if self.path == "/missing" else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Backend", "yes")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST = _echo
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def guarded():
+    """A guard on a free port in front of the stand-in server; yields the guard's port."""
+    port, backend_port = free_ports(2)
+    backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    guard = RequestGuard("127.0.0.1", port, backend_port, Limits(max_request_bytes=1000))
+    guard.start()
+    try:
+        yield port, backend
+    finally:
+        guard.stop()
+        backend.shutdown()
+        backend.server_close()
+
+
+def test_requests_are_relayed_unchanged_on_one_kept_connection(guarded):
+    port, _ = guarded
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for method, path, body in [("GET", "/v2/health/ready", None), ("POST", "/v2/models/m/infer", b'{"a": 1}'),
+                                   ("POST", "/missing", b"\x00\xff" * 10)]:
+            connection.request(method, path, body=body, headers={"X-Test": "kept"})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == (404 if path == "/missing" else 200)
+            assert response.getheader("X-Backend") == "yes"
+            assert answer == {"method": method, "path": path, "x": "kept",
+                              "body": (body or b"").decode("latin-1")}
+    finally:
+        connection.close()
+
+
+def test_refusals_are_triton_style_errors_and_the_guard_goes_on(guarded):
+    port, _ = guarded
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", "/v2/models/m/infer", body=b"[" * 100 + b"]" * 100)
+        response = connection.getresponse()
+        assert response.status == 400 and "nested 100 levels" in json.loads(response.read())["error"]
+        connection.request("GET", "/v2/health/ready")  # the same connection serves on
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+        answer = b"".join(iter(lambda: raw.recv(4096), b""))  # to the end: the guard closes this connection
+    assert answer.startswith(b"HTTP/1.1 413") and b"Connection: close" in answer and b"1001 bytes" in answer
+
+
+def test_a_server_that_is_down_is_a_503(guarded):
+    port, backend = guarded
+    backend.shutdown()
+    backend.server_close()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/v2/health/ready")
+        response = connection.getresponse()
+        assert response.status == 503 and "cannot be reached" in json.loads(response.read())["error"]
+    finally:
+        connection.close()
