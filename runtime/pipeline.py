@@ -17,10 +17,14 @@ slots in shared memory; the consumer gets the batches back in order.
   ``batch x crop x crop x 3`` bytes; a slot is reused only once the consumer
   has asked for the next batch, so a slow consumer stalls the workers instead
   of growing a queue.
+- **Workers never wait for the consumer**: each holds up to
+  :data:`WORKER_TASKS` tasks, the next one queued in its pipe, while slots
+  are free.
 - **Errors per file**, as the serial path reports them (:class:`ImageError`
   reasons); a worker that dies (killed, or crashed in a decoder) is replaced
-  and its task read again once; if that worker dies too, the task's files
-  are reported with the reason, and the run goes on.
+  and the task it was reading is read again once (its queued tasks go back
+  in line); if that worker dies too, the task's files are reported with the
+  reason, and the run goes on.
 - **Nothing left behind**: the slots live in one anonymous shared mapping
   (``multiprocessing.RawArray``: its file is unlinked as soon as it is made),
   so even a SIGKILL leaves no segment; workers ignore SIGINT and are ended by
@@ -45,6 +49,7 @@ the backend's thread pools.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import dataclasses
 import multiprocessing
@@ -64,6 +69,9 @@ from specdet.runtime.preprocess import ImageError, check_spec, crop_pixels, deco
 from specdet.runtime.resample import CropPlan
 
 TASK_FILES = 8  # the most files a worker reads per task (fewer when the workers outnumber a batch's tasks)
+# Tasks a worker holds at once: the next one waits in its pipe, so that a worker that finishes while the consumer
+# is scoring (and not handing out tasks) goes straight on; with one, workers idled for the model's time per batch.
+WORKER_TASKS = 2
 ARENA_BYTES_PER_IMAGE = 4 << 20  # per image of a batch: photos up to about 1.3 megapixels go to the device whole
 
 _POLL_S = 1.0  # how often a waiting consumer looks for dead workers that closed no pipe
@@ -228,7 +236,7 @@ class _Worker:
         self.process = context.Process(target=_worker, args=(child, buffer, layout, spec, max_pixels), daemon=True)
         self.process.start()
         child.close()
-        self.task: int | None = None  # the task it reads (_Run.tasks), while busy
+        self.tasks: collections.deque[int] = collections.deque()  # tasks sent (_Run.tasks), the one it reads first
 
     def stop(self) -> None:
         try:
@@ -342,6 +350,14 @@ class InputPipeline:
             self._pool.append(self._start())
         self._pin(True)
         run = _Run(tasks, free=list(range(self.depth)))
+        try:
+            yield from self._in_order(chunks, run)
+        except GeneratorExit:
+            self.close()  # left before the end: the workers still hold this run's tasks, so they are not reused
+            raise
+
+    def _in_order(self, chunks: list[list[str]], run: _Run) -> Iterator[Batch]:
+        tasks = run.tasks
         first_task = 0
         for number, chunk in enumerate(chunks):
             if run.held is not None:  # the consumer asked for the next batch: it is done with the last one
@@ -377,25 +393,27 @@ class InputPipeline:
         return errors, frames, regions
 
     def _assign(self, run: _Run) -> None:
-        """Give queued tasks to idle workers, in order; a batch takes a free slot when its first task goes out."""
-        for worker in self._pool:
-            if worker.task is not None or not run.queued:
-                continue
+        """Give queued tasks to the workers, in order, each up to :data:`WORKER_TASKS` (the least loaded first);
+        a batch takes a free slot when its first task goes out."""
+        while run.queued:
+            worker = min(self._pool, key=lambda w: len(w.tasks))
+            if len(worker.tasks) >= WORKER_TASKS:
+                return
             task = run.tasks[run.queued[-1]]
             if task.number not in run.slots:
                 if not run.free:
                     return  # every slot holds a batch the consumer has not taken yet: wait for it
                 run.slots[task.number] = run.free.pop()
-            worker.task = run.queued.pop()
+            worker.tasks.append(run.queued.pop())
             share = self._layout.arena_share
             arena = (share * task.first, share * len(task.paths)) if share else None
             try:
                 worker.conn.send((run.slots[task.number], task.first, arena, task.paths))
             except OSError:
-                pass  # it died: _collect sees its sentinel and gives the task to its replacement
+                pass  # it died: _collect sees its sentinel and gives its tasks to its replacement
 
     def _collect(self, run: _Run) -> None:
-        busy = [w for w in self._pool if w.task is not None]
+        busy = [w for w in self._pool if w.tasks]
         ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=_POLL_S)
         for worker in busy:
             if worker.conn in ready:
@@ -404,21 +422,22 @@ class InputPipeline:
                 except (EOFError, OSError):
                     pass  # died after taking the task: handled below as a dead worker
                 else:
-                    run.done[worker.task] = read
-                    worker.task = None
+                    run.done[worker.tasks.popleft()] = read  # a worker answers its tasks in order
                     continue
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 self._replace(worker, run)
 
     def _replace(self, worker: _Worker, run: _Run) -> None:
-        """A worker died holding a task: start another; read the task's files again, once."""
+        """A worker died holding tasks: start another; read the task it was reading again, once, and put the
+        ones queued behind it back in line."""
         worker.process.join()
         code = worker.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         worker.conn.close()
-        key = worker.task
+        key, *waiting = worker.tasks
         self._pool[self._pool.index(worker)] = self._start()
         self.restarts += 1
+        run.queued += waiting[::-1]  # the next one last
         run.tries[key] += 1
         paths = run.tasks[key].paths
         if run.tries[key] == 1:

@@ -214,6 +214,44 @@ def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path
     assert rest == 116
 
 
+def test_workers_read_ahead_while_the_consumer_scores(image_dir, tmp_path, monkeypatch):
+    """Each worker holds two tasks: while the consumer works on batch 0, two workers read batches 1 and 2 (with
+    one task each, they read batch 1 and idled until the consumer came back for it)."""
+    log = tmp_path / "reads"
+
+    def counted(path, spec, max_pixels):
+        with open(log, "a") as file:
+            file.write("x")
+        return decoded(path, spec, max_pixels)
+
+    monkeypatch.setattr(pipeline, "decoded", counted)
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
+    paths = (good * 40)[:40]
+    with InputPipeline(SPEC, 64_000_000, 4, 2) as pipe:  # tasks of two files, four slots
+        batches = pipe.batches(paths)
+        next(batches)
+        time.sleep(1.5)  # the consumer scores its first batch
+        assert log.stat().st_size == 12  # batch 0 and the two next ones: the free slots allow three more
+        assert [len(b.paths) for b in batches] == [4] * 9
+
+
+def test_a_run_left_early_does_not_leak_its_tasks_into_the_next(image_dir, monkeypatch):
+    """A consumer that stops iterating leaves workers holding tasks of that run: the next run must not take
+    their answers for its own."""
+    def slow(path, spec, max_pixels):
+        time.sleep(0.1)  # the workers still hold tasks when the consumer leaves
+        return decoded(path, spec, max_pixels)
+
+    monkeypatch.setattr(pipeline, "decoded", slow)
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
+    with InputPipeline(SPEC, 64_000_000, 2, 2) as pipe:
+        first = pipe.batches(good[::-1] * 4)
+        next(first)
+        first.close()
+        crops = [bytes(b.crops.tobytes()) for b in pipe.batches(good)]
+    assert b"".join(crops) == b"".join(image_crop(p, SPEC)[0].tobytes() for p in good)
+
+
 def test_bad_worker_counts_are_one_line_errors():
     for bad in (-1, 1.5, True, 10_000):
         with pytest.raises(SpecdetError, match="workers="):
