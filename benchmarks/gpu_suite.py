@@ -5,9 +5,9 @@
 Steps (:mod:`specdet.benchmarks.gpu_steps`): the kernel library built for
 this GPU and its contract tests; the kernel micro-benchmark, which chooses
 each op's method; both full-size detectors under detect-bench's GPU variants
-(eager FP32, autocast FP16/BF16, our kernels, CUDA graphs) at batch
-1/8/32/128; training steps; TensorRT engines where a TensorRT is installed;
-then the torch.compile variants. Each step runs in a child process with the
+(eager FP32, autocast FP16/BF16, our kernels, CUDA graphs, the fast path of
+fast_graph.py) at batch 1/8/32/128; training steps; TensorRT engines where a
+TensorRT is installed; then the torch.compile variants, the fast path's last. Each step runs in a child process with the
 time left as its limit, and is skipped when its estimate exceeds what is
 left. After every step ``DIR/gpu-suite.json`` (schema
 ``gpu_suite_schema.json``), ``DIR/gpu-suite.md`` and ``DIR/gpu-suite.log``
