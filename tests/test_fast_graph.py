@@ -160,12 +160,13 @@ def test_the_graph_copies_uint8_crops_and_the_plain_one_float_images(runners, mo
         runner._cuda_graphs = True
         static = torch.zeros((2, crop, crop, 3) if runner is runners[0] else (2, 3, crop, crop),
                              dtype=runner._input_dtype)
-        graph = _Graph()
-        monkeypatch.setattr(runner, "_graph", lambda shape, static=static, graph=graph: (graph, static, None))
+        graph, shapes = _Graph(), []
+        monkeypatch.setattr(runner, "_graph", lambda shape, static=static, graph=graph, shapes=shapes:
+                            shapes.append(shape) or (graph, static, None))
         runner.device_call(pixels)()
-        copied[type(runner).__name__] = (static.dtype, static.nbytes, graph.replays)
-    assert copied == {"FastGraphRunner": (torch.uint8, 2 * 224 * 224 * 3, 1),
-                      "TorchVariantRunner": (torch.float32, 2 * 3 * 224 * 224 * 4, 1)}
+        copied[type(runner).__name__] = (shapes, static.dtype, static.nbytes, graph.replays)
+    assert copied == {"FastGraphRunner": ([(2, 224, 224, 3)], torch.uint8, 2 * 224 * 224 * 3, 1),
+                      "TorchVariantRunner": ([(2, 3, 224, 224)], torch.float32, 2 * 3 * 224 * 224 * 4, 1)}
 
 
 def test_crops_on_the_device_are_launched_as_they_are_not_normalised_first(runners, monkeypatch):
