@@ -118,10 +118,14 @@ def cast_inputs_to_weights(module: nn.Module) -> None:
     for part in module.modules():
         weights = [p for p in part.parameters(recurse=False) if p.is_floating_point()]
         if weights:
-            layout = torch.channels_last if (weights[0].dim() == 4 and
-                                             weights[0].is_contiguous(memory_format=torch.channels_last)
-                                             and not weights[0].is_contiguous()) else None
+            layout = torch.channels_last if _channels_last(weights[0]) else None
             part.register_forward_pre_hook(_cast_hook(weights[0].dtype, layout), with_kwargs=True)
+
+
+def _channels_last(weight: torch.Tensor) -> bool:
+    """A conv weight that :func:`channels_last_convs` converted (a 1x1 kernel is both layouts: it is left alone)."""
+    return (weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)
+            and not weight.is_contiguous())
 
 
 def _cast_hook(dtype: torch.dtype, layout: torch.memory_format | None):
