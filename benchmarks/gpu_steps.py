@@ -34,7 +34,15 @@ DEVICE_PLAN = {"warmup": 2, "iters": 3, "device_calls": 50}
 EAGER = ("torch-cuda-fp32", "torch-cuda-fp32-tf32", "torch-cuda-autocast-fp16", "torch-cuda-autocast-bf16")
 WITH_KERNELS = ("torch-cuda-kernels", "torch-cuda-autocast-fp16-kernels")
 GRAPHS = ("torch-cuda-graphs-fp16", "torch-cuda-graphs-fp16-kernels")
+# The fast path (fast_graph.py), timed beside the CUDA-graph FP16 rows it should beat; the first to be dropped.
+FAST = ("torch-cuda-fast-fp16", "torch-cuda-fast-fp16-kernels")
 COMPILED = ("torch-cuda-compile-fp16", "torch-cuda-compile-fp16-kernels")
+# The fast path with torch.compile's max-autotune inside our graphs: minutes of autotuning, a step of its own.
+FAST_COMPILED = ("torch-cuda-fast-compile-fp16",)
+# Dropped in this order when a selection of variants fails, before the kernel variants (EAGER stays).
+RISKIEST_FIRST = (FAST_COMPILED, FAST, GRAPHS)
+# The dry run's variants: the CPU reference, autocast, and the fast path's module on the CPU (its numerics).
+DRY_RUN_VARIANTS = ("torch-fp32", "torch-autocast-bf16", "torch-fast-fp16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +145,7 @@ def model_bench(ctx: Context, name: str, variant_names: tuple[str, ...], batches
 
     model = ctx.model(name)
     if ctx.dry_run:
-        chosen, batches, plan, max_images = ["torch-fp32", "torch-autocast-bf16"], (1, 2), timing.Plan(1, 2, device_calls=2), 4
+        chosen, batches, plan, max_images = list(DRY_RUN_VARIANTS), (1, 2), timing.Plan(1, 2, device_calls=2), 4
     else:
         chosen, plan, max_images = list(variant_names), timing.Plan(**DEVICE_PLAN), None
         built = ctx.previous("kernel_tests")
@@ -167,8 +175,12 @@ def model_bench(ctx: Context, name: str, variant_names: tuple[str, ...], batches
 
 
 def _fallbacks(chosen: list[str]) -> list[list[str]]:
-    """``chosen``, then without the CUDA graphs, then without our kernels too: the riskiest variants go first."""
-    selections = [chosen, [v for v in chosen if v not in GRAPHS], [v for v in chosen if v in EAGER]]
+    """``chosen``, then without each group of :data:`RISKIEST_FIRST` in turn, then without our kernels too."""
+    selections, left = [chosen], chosen
+    for group in RISKIEST_FIRST:
+        left = [v for v in left if v not in group]
+        selections.append(left)
+    selections.append([v for v in chosen if v in EAGER])
     unique = []
     for selection in selections:
         if selection and selection not in unique:
@@ -324,14 +336,14 @@ class Step:
 
 def _steps() -> list[Step]:
     dual, rine = FULL_MODELS
-    every = EAGER + WITH_KERNELS + GRAPHS
+    every = EAGER + WITH_KERNELS + GRAPHS + FAST
     return [
         Step("kernel_tests", "build the kernel library (native arch) and run its contract tests", 120, 240, kernel_tests),
         Step("kernels_bench", "kernel micro-benchmark, batch 1/8/32, FP32/FP16, blocks of 50 calls on rotated inputs; "
              "choose auto", 90, 60, kernels_bench),
-        Step(f"bench:{dual}", "detect-bench GPU variants on the device, batch 1/8/32/128; transfers apart", 150, 60,
+        Step(f"bench:{dual}", "detect-bench GPU variants on the device, batch 1/8/32/128; transfers apart", 175, 60,
              lambda ctx: model_bench(ctx, dual, every, BENCH_BATCHES[dual])),
-        Step(f"bench:{rine}", "detect-bench GPU variants on the device, batch 1/8/32; transfers apart", 190, 60,
+        Step(f"bench:{rine}", "detect-bench GPU variants on the device, batch 1/8/32; transfers apart", 220, 60,
              lambda ctx: model_bench(ctx, rine, every, BENCH_BATCHES[rine])),
         Step(f"end_to_end:{dual}", "JPEG files to probabilities: input workers, CUDA graph FP16, nvJPEG", 70, 60,
              lambda ctx: end_to_end(ctx, dual)),
@@ -348,6 +360,10 @@ def _steps() -> list[Step]:
              lambda ctx: train_steps(ctx, dual, compile=True)),
         Step(f"compile:{rine}", "torch.compile variants, batch 1/32", 200, 0,
              lambda ctx: model_bench(ctx, rine, EAGER[:1] + COMPILED, (1, 32))),
+        Step(f"compile-fast:{dual}", "the fast path with torch.compile max-autotune inside its CUDA graphs, batch 1/32",
+             300, 0, lambda ctx: model_bench(ctx, dual, FAST[:1] + FAST_COMPILED, (1, 32))),
+        Step(f"compile-fast:{rine}", "the fast path with torch.compile max-autotune inside its CUDA graphs, batch 1/32",
+             360, 0, lambda ctx: model_bench(ctx, rine, FAST[:1] + FAST_COMPILED, (1, 32))),
     ]
 
 

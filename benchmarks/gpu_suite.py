@@ -5,9 +5,9 @@
 Steps (:mod:`specdet.benchmarks.gpu_steps`): the kernel library built for
 this GPU and its contract tests; the kernel micro-benchmark, which chooses
 each op's method; both full-size detectors under detect-bench's GPU variants
-(eager FP32, autocast FP16/BF16, our kernels, CUDA graphs) at batch
-1/8/32/128; training steps; TensorRT engines where a TensorRT is installed;
-then the torch.compile variants. Each step runs in a child process with the
+(eager FP32, autocast FP16/BF16, our kernels, CUDA graphs, the fast path of
+fast_graph.py) at batch 1/8/32/128; training steps; TensorRT engines where a
+TensorRT is installed; then the torch.compile variants, the fast path's last. Each step runs in a child process with the
 time left as its limit, and is skipped when its estimate exceeds what is
 left. After every step ``DIR/gpu-suite.json`` (schema
 ``gpu_suite_schema.json``), ``DIR/gpu-suite.md`` and ``DIR/gpu-suite.log``
@@ -252,11 +252,13 @@ def headline(steps: list[dict[str, Any]]) -> dict[str, Any]:
     if kernels:
         out["kernel_speedup_vs_model_path"] = _kernel_speedups(kernels["summary"])
         out["chosen_methods"] = kernels.get("chosen_methods", {})
-    best = {}
+    best, differences = {}, {}
     for name, result in results.items():
-        if name.startswith(("bench:", "compile:")) and result:
+        if name.startswith(("bench:", "compile:", "compile-fast:")) and result:
             best.setdefault(result["model"], []).extend(result["record"]["latency"])
-    out["best_gpu_path_vs_eager_fp32"] = {model: _best_paths(rows) for model, rows in best.items()}
+            differences.update({row["variant"]: row["probability_max_abs"]
+                                for row in result["record"].get("accuracy", [])})
+    out["best_gpu_path_vs_eager_fp32"] = {model: _best_paths(rows, differences) for model, rows in best.items()}
     trained = {name: r for name, r in results.items() if name.startswith(("train:", "train-compile:")) and r}
     out["training_images_per_s"] = {name: round(r["images_per_s"], 1) for name, r in trained.items()}
     out["files_to_probabilities"] = {r["model"]: _files_per_s(r["record"]) for name, r in results.items()
@@ -289,9 +291,11 @@ def _kernel_speedups(summary: list[dict]) -> list[dict]:
              "model_runs_it": e.get("model_runs_it", True)} for e in best.values()]
 
 
-def _best_paths(rows: list[dict]) -> list[dict]:
+def _best_paths(rows: list[dict], differences: dict[str, float | None]) -> list[dict]:
     """Per batch size: the fastest variant, its speed-up over strict FP32 (torch-cuda-fp32, or the CPU reference in a
-    dry run) and over FP32 with TF32 (torch-cuda-fp32-tf32), and its fraction of the GPU's FP16 tensor peak."""
+    dry run) and over FP32 with TF32 (torch-cuda-fp32-tf32), its fraction of the GPU's FP16 tensor peak, and its
+    largest probability difference against the CPU FP32 reference (``differences``, per variant id; the contract
+    is 1e-3)."""
     by_batch: dict[int, list[dict]] = {}
     for row in rows:
         by_batch.setdefault(row["batch"], []).append(row)
@@ -306,6 +310,7 @@ def _best_paths(rows: list[dict]) -> list[dict]:
                       "speedup_vs_tf32": tf32[0]["median_ms"] / fastest["median_ms"] if tf32 else None,
                       "fraction_of_fp16_tensor_peak": fastest.get("fraction_of_peak")
                       if fastest.get("peak_precision") == "gpu_fp16_tensor" else None,
+                      "probability_max_abs": differences.get(fastest["variant"]),
                       "timed": fastest.get("timed")})
     return found
 
@@ -384,10 +389,11 @@ def _headline_md(head: dict[str, Any]) -> list[str]:
         lines += ["", f"Chosen methods (`auto`): {head.get('chosen_methods')}", ""]
     for model, rows in head.get("best_gpu_path_vs_eager_fp32", {}).items():
         lines += [f"Best path for {model} (GPU time on a batch already on the device; transfers apart):", "",
-                  "| batch | variant | median ms | over strict FP32 | over TF32 | % of FP16 tensor peak |",
-                  "|---:|---|---:|---|---:|---:|"]
+                  "| batch | variant | median ms | over strict FP32 | over TF32 | % of FP16 tensor peak | max \\|dp\\| vs CPU FP32 |",
+                  "|---:|---|---:|---|---:|---:|---:|"]
         lines += [f"| {r['batch']} | {r['variant']} | {r['median_ms']:.2f} | {_x(r['speedup'])} {r['baseline'] or ''} | "
-                  f"{_x(r.get('speedup_vs_tf32'))} | {_pct(r.get('fraction_of_fp16_tensor_peak'))} |" for r in rows]
+                  f"{_x(r.get('speedup_vs_tf32'))} | {_pct(r.get('fraction_of_fp16_tensor_peak'))} | "
+                  f"{_e(r.get('probability_max_abs'))} |" for r in rows]
         lines.append("")
     files = head.get("files_to_probabilities")
     if files:
@@ -415,6 +421,10 @@ def _kernels_md(result: dict[str, Any]) -> list[str]:
 
 def _x(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
+
+
+def _e(value: float | None) -> str:
+    return "" if value is None else f"{value:.1e}"
 
 
 def _pct(value: float | None) -> str:

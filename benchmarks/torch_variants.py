@@ -22,15 +22,17 @@ class TorchVariantRunner(Runner):
     name = "torch"
 
     def __init__(self, base: TorchRunner, *, device: str = "cpu", autocast: Any = None, compile: bool = False,
-                 kernels: bool = False, cuda_graphs: bool = False, tf32: bool | None = None):
+                 compile_mode: str | None = None, kernels: bool = False, cuda_graphs: bool = False,
+                 tf32: bool | None = None):
         import torch
 
         super().__init__(base.artifact, base.info)
         self._torch = torch
         self._device = torch.device(device)
         self._base = base  # owns the module: closed with this runner
-        module = base.module.to(self._device)
-        self._call = torch.compile(module, dynamic=False) if compile else module
+        module = self._prepare(base.module).to(self._device)
+        self._call = torch.compile(module, dynamic=False, mode=compile_mode) if compile else module
+        self._input_dtype = torch.float32  # what the module takes: normalised images (uint8 crops: fast_graph.py)
         self._autocast = autocast
         self._kernels = kernels
         if kernels:
@@ -50,6 +52,20 @@ class TorchVariantRunner(Runner):
         # process has it (None; the report records the settings)
         self._tf32 = tf32
 
+    def _prepare(self, module):
+        """The module this runner calls, made from the torch runner's ``ScoringModule``: here that module itself."""
+        return module
+
+    def _device_input(self, batch: np.ndarray):
+        """What the module takes for the normalised host ``batch``, on the device: the batch itself."""
+        return self._torch.from_numpy(batch).to(self._device)
+
+    def _from_crops(self, crops):
+        """What the module takes for uint8 crops already on the device: their normalisation (normalise_tensor)."""
+        from specdet.runtime.torch_runner import normalise_tensor
+
+        return normalise_tensor(crops, self.info.preprocessing, self._constants())
+
     def _forward(self, x):
         torch = self._torch
         # A graph replays the casts it captured; autocast's weight cache would hand it tensors freed after capture.
@@ -61,7 +77,7 @@ class TorchVariantRunner(Runner):
     def device_call(self, batch: np.ndarray):
         """A call that scores ``batch``, put on the device once here, with no host transfer and no host wait:
         the CUDA graph's replay when captured, else the forward. What the GPU's own time is measured on."""
-        x = self._torch.from_numpy(batch).to(self._device)
+        x = self._device_input(batch)
         if not self._cuda_graphs:
             return lambda: self._forward(x)
         graph, static, _ = self._graph(tuple(x.shape))
@@ -72,7 +88,7 @@ class TorchVariantRunner(Runner):
         """The CUDA graph of one forward at ``shape``: warmed up on a side stream (cuFFT plans, workspaces), then captured."""
         torch = self._torch
         if shape not in self._graphs:
-            static = torch.zeros(shape, device=self._device)
+            static = torch.zeros(shape, dtype=self._input_dtype, device=self._device)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -90,7 +106,7 @@ class TorchVariantRunner(Runner):
         return self._device.type == "cuda"
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self._run(self._torch.from_numpy(batch).to(self._device))
+        return self._run(self._device_input(batch))
 
     def _infer_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """On a GPU: the uint8 crops through a pinned buffer to the device (a quarter of the float bytes), normalised
@@ -112,8 +128,6 @@ class TorchVariantRunner(Runner):
         only; returns once the copy is done, so the caller can hand the slot back and read the next batch."""
         if self._device.type != "cuda":
             return super().submit_batch(batch)
-        from specdet.runtime.torch_runner import normalise_tensor
-
         self.ensure_open()
         torch = self._torch
         compute = torch.cuda.current_stream()
@@ -123,7 +137,7 @@ class TorchVariantRunner(Runner):
             copied.record()
         compute.wait_event(copied)
         crops.record_stream(compute)  # made on the copy stream, read on this one: not reused before that is done
-        wait = self._launch(normalise_tensor(crops, self.info.preprocessing, self._constants()))
+        wait = self._launch(self._from_crops(crops))
         copied.synchronize()  # a blocking event: sleeps, leaving the core to the input workers
         return wait
 
@@ -152,10 +166,8 @@ class TorchVariantRunner(Runner):
 
     def infer_device_crops(self, crops) -> dict[str, np.ndarray]:
         """Score uint8 ``[N, crop, crop, 3]`` crops already on this runner's device (GPU decoding)."""
-        from specdet.runtime.torch_runner import normalise_tensor
-
         self.ensure_open()
-        return self._run(normalise_tensor(crops, self.info.preprocessing, self._constants()))
+        return self._run(self._from_crops(crops))
 
     def _constants(self):
         """The normalisation constants on the device, made once."""
@@ -229,16 +241,24 @@ def _tf32(torch, enabled: bool | None):
 
 
 def torch_loader(device: str = "cpu", autocast: str | None = None, compile: bool = False, kernels: bool = False,
-                 cuda_graphs: bool = False, tf32: bool | None = None):
-    """A variant's ``load(artifact, threads)``: the torch runner as it is, or wrapped as these options say."""
+                 cuda_graphs: bool = False, tf32: bool | None = None, fast: str | None = None,
+                 compile_mode: str | None = None):
+    """A variant's ``load(artifact, threads)``: the torch runner as it is, or wrapped as these options say.
+    ``fast``: the fast path (:mod:`~specdet.benchmarks.fast_graph`) with its backbones in this dtype."""
     def load(artifact: Path, threads: int | None) -> Runner:
         base = create_runner(artifact, "torch", RunnerOptions(threads=threads))
-        if device == "cpu" and autocast is None and not (compile or kernels or cuda_graphs) and tf32 is None:
+        if (device == "cpu" and autocast is None and not (compile or kernels or cuda_graphs) and tf32 is None
+                and fast is None):
             return base
         import torch
 
         dtype = getattr(torch, autocast) if autocast else None
-        return TorchVariantRunner(base, device=device, autocast=dtype, compile=compile, kernels=kernels,
-                                  cuda_graphs=cuda_graphs, tf32=tf32)
+        options = dict(device=device, autocast=dtype, compile=compile, compile_mode=compile_mode, kernels=kernels,
+                       cuda_graphs=cuda_graphs, tf32=tf32)
+        if fast is None:
+            return TorchVariantRunner(base, **options)
+        from specdet.benchmarks.fast_graph import FastGraphRunner
+
+        return FastGraphRunner(base, dtype=getattr(torch, fast), **options)
 
     return load

@@ -197,6 +197,21 @@ for _variant in (
             "as torch-cuda-graphs-fp16, spectral ops in our CUDA kernels",
             torch_loader("cuda", autocast="float16", kernels=True, cuda_graphs=True), requires=_cuda,
             precision="autocast-fp16"),
+    # The fast path (fast_graph.py): FP16 backbone weights cast once, uint8 crops normalised inside the graph,
+    # BatchNorm folded, channels-last frequency convs, CLIP's unused pooler dropped (issue 20).
+    Variant("torch-cuda-fast-fp16", "torch", "cuda",
+            "fast path: FP16 backbone weights, uint8 crops normalised inside the CUDA graph (fast_graph.py)",
+            torch_loader("cuda", cuda_graphs=True, fast="float16"), requires=_cuda, precision="fp16"),
+    Variant("torch-cuda-fast-fp16-kernels", "torch", "cuda", "as torch-cuda-fast-fp16, spectral ops in our CUDA kernels",
+            torch_loader("cuda", cuda_graphs=True, kernels=True, fast="float16"), requires=_cuda, precision="fp16"),
+    # max-autotune tries kernels per matrix shape for minutes: only when named.
+    Variant("torch-cuda-fast-compile-fp16", "torch", "cuda",
+            "as torch-cuda-fast-fp16, torch.compile (max-autotune-no-cudagraphs) inside our CUDA graphs",
+            torch_loader("cuda", cuda_graphs=True, compile=True, compile_mode="max-autotune-no-cudagraphs",
+                         fast="float16"), requires=_cuda_compiler, precision="fp16", by_name_only=True),
+    # The same module on the CPU, no graphs: a check of its numerics and of the suite's dry run, slower than FP32.
+    Variant("torch-fast-fp16", "torch", "cpu", "the fast path's module on the CPU in FP16 (a numerics check, not fast "
+            "here)", torch_loader(fast="float16"), precision="fp16", by_name_only=True),
     Variant("onnxruntime-cpu", "onnxruntime", "cpu", "ONNX Runtime, CPU execution provider",
             _onnxruntime("CPUExecutionProvider")),
     Variant("onnxruntime-cuda", "onnxruntime", "cuda", "ONNX Runtime, CUDA execution provider (CPU for nodes it lacks)",

@@ -55,11 +55,19 @@ def test_dry_run_steps_hold_their_figures(dry_run):
         scored = results[f"bench:{model}"]
         jsonschema.validate(scored["record"], BENCH_SCHEMA)  # the embedded detect-bench record is a valid one
         assert scored["model"] == gpu_steps.TINY[model] and scored["failed_attempts"] == []
+        # The fast path's module (on the CPU here) has rows of its own, within the numerics contract.
+        fast = f"torch-fast-fp16:{gpu_steps.TINY[model]}.pth"
+        assert {row["batch"] for row in scored["record"]["latency"] if row["variant"] == fast} == {1, 2}
+        (accuracy,) = [row for row in scored["record"]["accuracy"] if row["variant"] == fast]
+        assert accuracy["probability_max_abs"] <= 1e-3 and accuracy["nonfinite_outputs"] == 0
+        assert "| torch-fast-fp16 |" in scored["markdown"]
         trained = results[f"train:{model}"]
         assert trained["images_per_s"] > 0 and trained["steps"] == 2
     head = record["headline"]
     assert {e["op"] for e in head["kernel_speedup_vs_model_path"]} == {"band_split", "spectrum_magnitude_mean"}
     assert set(head["best_gpu_path_vs_eager_fp32"]) == set(gpu_steps.TINY.values())
+    for rows in head["best_gpu_path_vs_eager_fp32"].values():
+        assert all(row["probability_max_abs"] is not None for row in rows)
 
 
 def test_steps_that_do_not_fit_the_budget_are_skipped(tmp_path):
@@ -106,10 +114,30 @@ def test_a_child_that_hangs_is_killed_and_one_that_dies_is_reported(tmp_path):
 
 
 def test_failing_variants_fall_back_to_fewer_riskiest_first():
-    chosen = list(gpu_steps.EAGER + gpu_steps.WITH_KERNELS + gpu_steps.GRAPHS)
+    chosen = list(gpu_steps.EAGER + gpu_steps.WITH_KERNELS + gpu_steps.GRAPHS + gpu_steps.FAST)
     selections = gpu_steps._fallbacks(chosen)
-    assert selections == [chosen, list(gpu_steps.EAGER + gpu_steps.WITH_KERNELS), list(gpu_steps.EAGER)]
+    assert selections == [chosen, list(gpu_steps.EAGER + gpu_steps.WITH_KERNELS + gpu_steps.GRAPHS),
+                          list(gpu_steps.EAGER + gpu_steps.WITH_KERNELS), list(gpu_steps.EAGER)]
     assert gpu_steps._fallbacks(list(gpu_steps.EAGER)) == [list(gpu_steps.EAGER)]
+    # The compiled fast path goes first; its step then still times the fast path without torch.compile.
+    compiled = list(gpu_steps.FAST[:1] + gpu_steps.FAST_COMPILED)
+    assert gpu_steps._fallbacks(compiled) == [compiled, list(gpu_steps.FAST[:1])]
+
+
+def test_the_fast_path_is_timed_beside_the_fp16_graphs(monkeypatch):
+    from specdet.benchmarks import variants
+
+    asked = {}
+    monkeypatch.setattr(gpu_steps, "model_bench", lambda ctx, model, chosen, batches: asked.setdefault(model, chosen))
+    for model in gpu_steps.FULL_MODELS:
+        gpu_steps.STEPS[f"bench:{model}"].run(None)
+        assert {"torch-cuda-graphs-fp16", "torch-cuda-fast-fp16", "torch-cuda-fast-fp16-kernels"} <= set(asked.pop(model))
+        gpu_steps.STEPS[f"compile-fast:{model}"].run(None)
+        assert list(asked.pop(model)) == ["torch-cuda-fast-fp16", "torch-cuda-fast-compile-fp16"]
+        assert f"compile-fast:{model}" in gpu_steps.DRY_RUN_SKIPS  # minutes of autotuning: not on a CPU
+    for name in gpu_steps.FAST + gpu_steps.FAST_COMPILED + gpu_steps.DRY_RUN_VARIANTS:
+        assert name in variants.VARIANTS
+    assert variants.VARIANTS["torch-fast-fp16"].device == "cpu" and "torch-fast-fp16" in gpu_steps.DRY_RUN_VARIANTS
 
 
 def _row(op, impl, ms, dtype="float16", shape=(32, 3, 224, 224)):
@@ -148,8 +176,15 @@ def test_best_gpu_path_is_measured_against_eager_fp32():
                {"variant": "torch-cuda-graphs-fp16:m.pth", "batch": 32, "median_ms": 12.5, "timed": "device",
                 "peak_precision": "gpu_fp16_tensor", "fraction_of_peak": 0.25},
                {"variant": "torch-cuda-autocast-fp16:m.pth", "batch": 32, "median_ms": 20.0}]
-    steps = [{"name": "bench:m", "status": "ok", "result": {"model": "m", "record": {"latency": latency}}}]
+    accuracy = [{"variant": "torch-cuda-graphs-fp16:m.pth", "probability_max_abs": 4e-4},
+                {"variant": "torch-cuda-fp32:m.pth", "probability_max_abs": 1e-7}]
+    steps = [{"name": "bench:m", "status": "ok", "result": {"model": "m", "record": {"latency": latency,
+                                                                                    "accuracy": accuracy}}}]
     (best,) = gpu_suite.headline(steps)["best_gpu_path_vs_eager_fp32"]["m"]
     assert best == {"batch": 32, "variant": "torch-cuda-graphs-fp16:m.pth", "median_ms": 12.5,
                     "baseline": "torch-cuda-fp32:m.pth", "speedup": 8.0, "speedup_vs_tf32": 4.0,
-                    "fraction_of_fp16_tensor_peak": 0.25, "timed": "device"}
+                    "fraction_of_fp16_tensor_peak": 0.25, "probability_max_abs": 4e-4, "timed": "device"}
+    assert "| 4.0e-04 |" in gpu_suite.markdown({"dry_run": False, "date": "d", "seconds": 1, "budget_s": 2,
+                                                "command": "c", "environment": {"torch": "t", "torch_cuda": None,
+                                                                                "nvcc": None, "versions": {}},
+                                                "steps": [], "headline": gpu_suite.headline(steps)})
