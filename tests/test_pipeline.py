@@ -235,6 +235,15 @@ def test_workers_read_ahead_while_the_consumer_scores(image_dir, tmp_path, monke
         assert [len(b.paths) for b in batches] == [4] * 9
 
 
+def test_workers_run_below_the_consumers_priority(image_dir):
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
+    with InputPipeline(SPEC, 64_000_000, 2, 2) as pipe:
+        assert sum(len(b.paths) for b in pipe.batches(good)) == len(good)
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, w.process.pid) for w in pipe._pool] == [
+            min(19, mine + pipeline.WORKER_NICENESS)] * 2
+
+
 def test_a_run_left_early_does_not_leak_its_tasks_into_the_next(image_dir, monkeypatch):
     """A consumer that stops iterating leaves workers holding tasks of that run: the next run must not take
     their answers for its own."""
