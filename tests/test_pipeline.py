@@ -215,8 +215,9 @@ def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path
 
 
 def test_workers_read_ahead_while_the_consumer_scores(image_dir, tmp_path, monkeypatch):
-    """Each worker holds two tasks: while the consumer works on batch 0, two workers read batches 1 and 2 (with
-    one task each, they read batch 1 and idled until the consumer came back for it)."""
+    """Each worker holds two tasks: while the consumer works on batch 0, two workers read batches 1 and 2, and
+    3 if they were quick enough to get more tasks while batch 0 was read (with one task each, they read batch 1
+    and idled until the consumer came back for it)."""
     log = tmp_path / "reads"
 
     def counted(path, spec, max_pixels):
@@ -231,7 +232,9 @@ def test_workers_read_ahead_while_the_consumer_scores(image_dir, tmp_path, monke
         batches = pipe.batches(paths)
         next(batches)
         time.sleep(1.5)  # the consumer scores its first batch
-        assert log.stat().st_size == 12  # batch 0 and the two next ones: the free slots allow three more
+        # Batch 0 and at least the two next ones (with one task each, workers stopped at batch 1: 8 files); never
+        # more than the four slots hold.
+        assert 12 <= log.stat().st_size <= 16
         assert [len(b.paths) for b in batches] == [4] * 9
 
 
