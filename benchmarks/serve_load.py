@@ -1,12 +1,14 @@
 """A load run: ``detect-serve``'s Triton server against the in-process :class:`~specdet.runtime.Detector`.
 
-``python -m specdet.benchmarks.serve_load ARTIFACT [--concurrency 1,8,32] [--seconds S] [--protocol http|grpc|both]``
+``python -m specdet.benchmarks.serve_load ARTIFACT [--concurrency 1,8,32] [--seconds S] [--protocol http|grpc|both|all]``
 
 For each concurrency level C, C threads each send one encoded image per
 request in a closed loop (a new request as soon as the last one answered)
 for ``--seconds`` after ``--warmup`` seconds: to Triton through their own
 ``tritonclient`` client (the server started as ``detect-serve`` starts it,
-on free ports of 127.0.0.1), then to one in-process ``Detector`` on the same
+on free ports of 127.0.0.1; HTTP through its request guard, and with ``all``
+also straight to Triton's own port, ``http-direct``, which shows what the
+guard costs), then to one in-process ``Detector`` on the same
 artifact (``predict([bytes])``, one image per call: what a service gets
 without Triton's dynamic batching). Requests answered inside the measured
 window count; their latencies give p50/p90/p99. For Triton the detector
@@ -51,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", default="1,8,32", help="client threads per level, comma-separated")
     parser.add_argument("--seconds", type=cli.number_range(0, above=True), default=10.0, help="measured per level")
     parser.add_argument("--warmup", type=cli.number_range(0), default=2.0, help="unmeasured seconds before each level")
-    parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="both")
+    parser.add_argument("--protocol", choices=("http", "grpc", "both", "all"), default="both",
+                        help="both: HTTP (through the request guard) and gRPC; all: also HTTP straight to Triton's "
+                        "own port (http-direct), which shows what the guard costs")
     parser.add_argument("--images", type=Path, help="folder of image files (default: scikit-image's sample photos)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the .json and .md")
     parser.add_argument("--threads", type=cli.THREADS, help="the in-process Detector's threads (default: its own)")
@@ -139,15 +143,15 @@ def closed_loop(concurrency: int, connect: Callable[[], Callable[[bytes], object
     return row
 
 
-def _client(protocol: str, endpoints: Endpoints) -> Callable[[], Callable[[bytes], object]]:
+def _client(protocol: str, server: TritonServer) -> Callable[[], Callable[[bytes], object]]:
     import numpy as np
 
-    if protocol == "http":
-        import tritonclient.http as module
-        url = endpoints.http_url
-    else:
+    if protocol == "grpc":
         import tritonclient.grpc as module
-        url = endpoints.grpc_url
+        url = server.endpoints.grpc_url
+    else:
+        import tritonclient.http as module
+        url = server.direct_http_url if protocol == "http-direct" else server.endpoints.http_url
 
     def connect() -> Callable[[bytes], object]:
         client = module.InferenceServerClient(url)
@@ -182,7 +186,7 @@ def _batches(before: dict, after: dict) -> dict:
 def run_triton(args: argparse.Namespace, levels: list[int], images: list[bytes]) -> tuple[list[dict], str]:
     import tritonclient.http as httpclient
 
-    protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
+    protocols = {"both": ["http", "grpc"], "all": ["http", "http-direct", "grpc"]}.get(args.protocol, [args.protocol])
     work = Path(tempfile.mkdtemp(prefix="specdet-serve-load-"))
     server = None
     try:
@@ -197,7 +201,7 @@ def run_triton(args: argparse.Namespace, levels: list[int], images: list[bytes])
             for protocol in protocols:
                 for c in levels:
                     before = _detector_stats(admin)
-                    row = closed_loop(c, _client(protocol, endpoints), images, args.warmup, args.seconds)
+                    row = closed_loop(c, _client(protocol, server), images, args.warmup, args.seconds)
                     row = {"path": "triton", "protocol": protocol, **row,
                            "server_batches": _batches(before, _detector_stats(admin))}
                     _progress(row)

@@ -137,6 +137,7 @@ class TritonServer:
         self._log_path = self._given_log
         self._work: Path | None = None
         self._guard: RequestGuard | None = None
+        self._backend_port = 0  # Triton's own HTTP port, behind the guard
         self._stubs: dict[int, tuple[str, str]] = {}  # pid -> (start time, model) of the stubs seen at ready
         self._envs_before: set[Path] = set()  # python_env_* folders before the server started
         self._envs: set[Path] | None = None  # those that appeared while it started: its own
@@ -159,7 +160,7 @@ class TritonServer:
             self._log_path = self._given_log or self._work / "tritonserver.log"
             # The guard takes the clients' port first (nobody else can take it while the server starts, and
             # until the server answers, the guard says 503: not ready).
-            backend_port = free_ports(1)[0]
+            backend_port = self._backend_port = free_ports(1)[0]
             self._guard = RequestGuard(self.endpoints.host, self.endpoints.http_port, backend_port, self.limits)
             self._guard.start()
             self._envs_before = set(_PYTHON_ENVS.glob("python_env_*"))
@@ -244,6 +245,11 @@ class TritonServer:
         errors = [line for line in lines if line.startswith("E") and line[1:5].isdigit()]
         found = (errors or lines or ["empty log"])[-1]
         return found
+
+    @property
+    def direct_http_url(self) -> str:
+        """Triton's own HTTP endpoint, behind the guard: for measuring what the guard costs, not for clients."""
+        return f"127.0.0.1:{self._backend_port}"
 
     def ended(self, code: int) -> str:
         """How the server ended, in words: the signal that killed it, or its status and the log's last error."""

@@ -34,7 +34,7 @@ def test_load_run_writes_both_paths_and_stops_the_server(tmp_path):
     before = set(_servers_of_load_runs())
     done = subprocess.run(
         [sys.executable, "-m", "specdet.benchmarks.serve_load", str(artifact), "--seconds", "1", "--warmup", "0.3",
-         "--concurrency", "1,2", "--out", str(tmp_path)],
+         "--concurrency", "1,2", "--protocol", "all", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     (report,) = tmp_path.glob("*-cpu-serve-dual_branch_tiny-matmul.json")
@@ -43,7 +43,8 @@ def test_load_run_writes_both_paths_and_stops_the_server(tmp_path):
     assert record["machine"]["cores"] >= 1 and record["versions"]["tritonserver"].startswith("2.")
     rows = record["results"]
     assert {(r["path"], r["protocol"], r["concurrency"]) for r in rows} == {
-        (path, protocol, c) for path, protocol in (("triton", "http"), ("triton", "grpc"), ("in-process", "-"))
+        (path, protocol, c) for path, protocol in (("triton", "http"), ("triton", "http-direct"), ("triton", "grpc"),
+                                                   ("in-process", "-"))
         for c in (1, 2)}
     for row in rows:
         assert row["requests"] > 0 and row["errors"] == 0, row
