@@ -146,6 +146,12 @@ def _handler(guard: RequestGuard) -> type[BaseHTTPRequestHandler]:
         timeout = 120  # a client silent this long mid-request (or idle between requests) is dropped
         backend: http.client.HTTPConnection | None = None
 
+        def setup(self) -> None:
+            super().setup()
+            # An answer goes out as a header write and a body write: with Nagle's algorithm on, the body waited for
+            # the client's delayed ACK of the headers, 40 ms or more per request (measured: p50 64 ms instead of 14).
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def do_GET(self) -> None:
             self._relay()
 
@@ -194,6 +200,8 @@ def _handler(guard: RequestGuard) -> type[BaseHTTPRequestHandler]:
         def _send(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
             if self.backend is None:
                 self.backend = http.client.HTTPConnection("127.0.0.1", guard.backend_port, timeout=600)
+                self.backend.connect()
+                self.backend.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as for the client's side
             try:
                 self.backend.request(self.command, self.path, body=body or None, headers=headers)
                 return self.backend.getresponse()
