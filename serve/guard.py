@@ -29,8 +29,12 @@ from specdet.limits import MAX_JSON_DEPTH
 # A dimension or element count Triton 2.51 still counts exactly (it wraps them to 32 bits).
 MAX_ELEMENTS = 2**31 - 1
 # Headers that describe one hop's connection or framing, never relayed.
+# ("expect": the guard answers a client's 100-continue itself, having read the whole body before relaying it.)
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
-                  "proxy-connection"})
+                  "proxy-connection", "expect"})
+# Client connections served at once (a thread each); one more is answered 503 and closed, so that a client
+# opening thousands of idle connections cannot exhaust the process's threads.
+MAX_CONNECTIONS = 256
 
 
 class Refused(Exception):
@@ -47,6 +51,7 @@ class Limits:
 
     max_request_bytes: int = 128 << 20
     max_json_depth: int = MAX_JSON_DEPTH
+    max_connections: int = MAX_CONNECTIONS
 
 
 def check_request(path: str, headers: http.client.HTTPMessage, body: bytes, limits: Limits) -> None:
@@ -118,9 +123,12 @@ class RequestGuard:
     def __init__(self, host: str, port: int, backend_port: int, limits: Limits = Limits()):
         self.backend_port = backend_port
         self.limits = limits
-        server_class = _Server6 if ":" in host else ThreadingHTTPServer
+        server_class = _Server6 if ":" in host else _Server
         self._server = server_class((host, port), _handler(self))
         self._server.daemon_threads = True
+        self._server.connection_limit = limits.max_connections
+        self._server.slots = threading.BoundedSemaphore(limits.max_connections)
+        self._server.connections = set()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -128,15 +136,51 @@ class RequestGuard:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting and close the listening socket (connections in flight end with their request)."""
+        """Stop accepting, close the listening socket and end every client connection, kept ones included: a
+        client then connects again, to whatever listens next (the restarted server's guard), instead of
+        holding a connection to a server that is gone."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join()
             self._thread = None
         self._server.server_close()
+        for connection in list(self._server.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed meanwhile
 
 
-class _Server6(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``slots`` at once; ``connections``: those open now."""
+
+    connection_limit: int
+    slots: threading.BoundedSemaphore
+    connections: set[socket.socket]
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            body = json.dumps({"error": f"more than {self.connection_limit} connections at once: close idle "
+                                        "ones and retry"}).encode()
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.discard(request)
+            self.slots.release()
+
+
+class _Server6(_Server):
     address_family = socket.AF_INET6
 
 

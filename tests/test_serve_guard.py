@@ -160,6 +160,51 @@ def test_answers_do_not_wait_for_delayed_acks(guarded):
         connection.close()
 
 
+def test_connections_beyond_the_limit_are_refused_and_the_guard_goes_on():
+    port, backend_port = free_ports(2)
+    backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    guard = RequestGuard("127.0.0.1", port, backend_port, Limits(max_connections=2))
+    guard.start()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both taken by their threads
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
+            answer = b"".join(iter(lambda: third.recv(4096), b""))
+        assert answer.startswith(b"HTTP/1.1 503") and b"more than 2 connections" in answer
+        idle.pop().close()
+        time.sleep(0.2)  # its thread ends, its place is free
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/v2/health/ready")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        for s in idle:
+            s.close()
+        guard.stop()
+        backend.shutdown()
+        backend.server_close()
+
+
+def test_stopping_ends_kept_connections():
+    """After a restart the server behind is another: a client's kept connection must end, not answer 503s."""
+    port, backend_port = free_ports(2)
+    backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    guard = RequestGuard("127.0.0.1", port, backend_port)
+    guard.start()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/v2/health/ready")
+        assert connection.getresponse().read() and connection.sock is not None  # kept
+        guard.stop()
+        assert connection.sock.recv(1) == b""  # ended by the guard
+    finally:
+        connection.close()
+        backend.shutdown()
+        backend.server_close()
+
+
 def test_a_server_that_is_down_is_a_503(guarded):
     port, backend = guarded
     backend.shutdown()
