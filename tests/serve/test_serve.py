@@ -7,6 +7,7 @@ whatever is left.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import select
@@ -222,7 +223,7 @@ def _wait_scoring(service: Service, file: Path, timeout: float) -> float:
     while True:
         try:
             return float(_infer("http", service.http, _encoded([file])).as_numpy("probability").reshape(-1)[0])
-        except (InferenceServerException, OSError) as err:
+        except (InferenceServerException, OSError, http.client.HTTPException) as err:  # refused, or ended mid-way
             if time.monotonic() > deadline:
                 raise AssertionError(f"not answering {timeout} s after a stub was killed: {err}") from None
             time.sleep(0.5)
