@@ -61,7 +61,8 @@ def fold_batchnorm(module: nn.Module) -> int:
             continue
         for i in range(len(parent) - 1):
             conv, norm = parent[i], parent[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training:
+            if (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training
+                    and not conv.training):  # fuse_conv_bn_eval asserts both are in eval mode
                 parent[i], parent[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
                 folded += 1
     return folded

@@ -291,6 +291,7 @@ class InputPipeline:
         self._views, self._arenas = self._layout.views(self._buffer)
         self._pinned = False
         self._pin_memory = pin_memory
+        self._run_open = False  # a batches() run with workers is being iterated
 
     def __enter__(self) -> InputPipeline:
         return self
@@ -357,12 +358,19 @@ class InputPipeline:
         while len(self._pool) < min(self.workers, len(tasks)):
             self._pool.append(self._start())
         self._pin(True)
+        if self._run_open:
+            raise SpecdetError("InputPipeline.batches: the previous run is still being iterated: finish it or call "
+                               "its close() first (the workers hold its tasks)")
         run = _Run(tasks, free=list(range(self.depth)))
+        ended = False
+        self._run_open = True
         try:
             yield from self._in_order(chunks, run)
-        except GeneratorExit:
-            self.close()  # left before the end: the workers still hold this run's tasks, so they are not reused
-            raise
+            ended = True
+        finally:
+            self._run_open = False
+            if not ended:  # left before the end (closed, interrupted, failed): the workers may hold this run's
+                self.close()  # tasks, whose answers the next run would take for its own; they are not reused
 
     def _in_order(self, chunks: list[list[str]], run: _Run) -> Iterator[Batch]:
         tasks = run.tasks

@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from specdet.serve.repository import DEFAULT_NAME, Options, add_batching_argumen
 from specdet.serve.server import Endpoints, TritonServer
 
 PORT = cli.int_range(1, 65535)
+# A server whose model processes keep dying (out of memory, or a request a client keeps resending that kills
+# them) is not restarted without end: more than MAX_RESTARTS within RESTART_WINDOW_S is an error.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
             if not stop.is_set():
                 print(f"serving {args.model_name} on http://{endpoints.http_url} (grpc {endpoints.grpc_url}, "
                       f"metrics http://{endpoints.metrics_url}/metrics)", flush=True)
+            restarts: list[float] = []  # when a dead stub restarted the server
             while not stop.wait(0.5):
                 code = server.poll()
                 if code is not None:
@@ -83,6 +89,12 @@ def _serve(args: argparse.Namespace) -> int:
                 model = server.dead_stub()
                 if model is not None:
                     # Triton 2.51 does not restart a dead stub: every request would fail while it says ready.
+                    now = time.monotonic()
+                    restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+                    if len(restarts) > MAX_RESTARTS:
+                        raise SpecdetError(f"the Python process of model {model} ended {len(restarts)} times within "
+                                           f"{RESTART_WINDOW_S // 60} minutes: not restarting again (see the model's "
+                                           "memory, or a request that kills it)")
                     print(f"the Python process of model {model} ended: restarting tritonserver", file=sys.stderr,
                           flush=True)
                     server.restart(cancelled=stop.is_set)

@@ -265,8 +265,7 @@ class TritonServer:
         return None if self.process is None else self.process.poll()
 
     def _new_envs(self) -> set[Path]:
-        return {folder for folder in set(_PYTHON_ENVS.glob("python_env_*")) - self._envs_before
-                if folder.is_dir() and folder.stat().st_uid == os.getuid()}
+        return {folder for folder in set(_PYTHON_ENVS.glob("python_env_*")) - self._envs_before if _own_folder(folder)}
 
     def dead_stub(self) -> str | None:
         """The model of a Python-backend stub that has ended since the server was ready (its requests now all
@@ -300,6 +299,14 @@ class TritonServer:
         if self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)
             self._work = None
+
+def _own_folder(path: Path) -> bool:
+    """A folder of this user's (False if it went away meanwhile: another server removing its own)."""
+    try:
+        return path.is_dir() and path.stat().st_uid == os.getuid()
+    except OSError:
+        return False
+
 
 def _stubs(server: int) -> dict[int, tuple[str, str]]:
     """The Python-backend stubs of the server's process group: pid -> (start time, model name)."""

@@ -264,6 +264,17 @@ def test_a_run_left_early_does_not_leak_its_tasks_into_the_next(image_dir, monke
     assert b"".join(crops) == b"".join(image_crop(p, SPEC)[0].tobytes() for p in good)
 
 
+def test_a_second_run_while_the_first_is_open_is_refused(image_dir):
+    good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
+    with InputPipeline(SPEC, 64_000_000, 2, 2) as pipe:
+        first = pipe.batches(good * 3)
+        next(first)
+        with pytest.raises(SpecdetError, match="previous run is still being iterated"):
+            next(pipe.batches(good))
+        assert sum(len(b.paths) for b in first) == 3 * len(good) - 2  # the first run goes on, whole
+        assert sum(len(b.paths) for b in pipe.batches(good)) == len(good)
+
+
 def test_bad_worker_counts_are_one_line_errors():
     for bad in (-1, 1.5, True, 10_000):
         with pytest.raises(SpecdetError, match="workers="):

@@ -330,3 +330,41 @@ def test_user_errors_before_any_server(tmp_path):
         result = subprocess.run([sys.executable, "-m", "specdet.serve.serve_cli", *options], capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_model_that_keeps_dying_is_not_restarted_without_end(monkeypatch, capsys):
+    """A stub that dies at every start (out of memory, say): restarted MAX_RESTARTS times, then one line, exit 2."""
+    from specdet.serve import serve_cli
+
+    class Dying:
+        """A server whose preprocess stub is always found dead."""
+
+        restarts = 0
+
+        def __init__(self, repository, endpoints, **options):
+            self.endpoints = endpoints
+
+        def start(self, cancelled):
+            pass
+
+        def poll(self):
+            return None
+
+        def dead_stub(self):
+            return "specdet_preprocess"
+
+        def restart(self, cancelled):
+            Dying.restarts += 1
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(serve_cli, "TritonServer", Dying)
+    monkeypatch.setattr(serve_cli, "write_repository", lambda artifacts, folder, options: folder)
+    monkeypatch.setattr(serve_cli.signal, "signal", lambda *args: None)  # pytest's own Ctrl-C stays as it is
+    code = serve_cli.main([str(tiny_exports.exported("dual_branch_tiny", "matmul"))])
+    err = capsys.readouterr().err
+    assert code == 2 and Dying.restarts == serve_cli.MAX_RESTARTS
+    assert err.count("restarting tritonserver") == serve_cli.MAX_RESTARTS
+    assert err.strip().splitlines()[-1].endswith("not restarting again (see the model's memory, or a request that "
+                                                 "kills it)")
