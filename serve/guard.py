@@ -6,8 +6,9 @@ crashes the server) and counts a tensor's dimensions in 32 bits (a declared
 shape of ``[2**32 + 1, 1]`` with one image in the body passes its element
 check and is answered 200). The guard listens where clients connect,
 answers such a request itself, in Triton's error format
-(``{"error": "..."}``, 400, 411 or 413), and relays every other request to
-the server, on a loopback port of its own, unchanged. gRPC is not relayed:
+(``{"error": "..."}``; 400, 411, 413 or 415, and 503 when it is full or the
+server cannot be reached), and relays every other GET and POST, headers and
+body as sent, to the server on a loopback port of its own. gRPC is not relayed:
 protobuf bounds its own nesting, and the shape wrap there is Triton's own
 (README, "Serving").
 

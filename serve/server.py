@@ -300,6 +300,7 @@ class TritonServer:
             shutil.rmtree(self._work, ignore_errors=True)
             self._work = None
 
+
 def _own_folder(path: Path) -> bool:
     """A folder of this user's (False if it went away meanwhile: another server removing its own)."""
     try:

@@ -193,7 +193,8 @@ def test_score_batches_keeps_one_batch_in_flight(corpus):
     assert [int(s["probability"][0]) for _, s in out if s is not None] == submitted
 
 
-def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path, monkeypatch):
+def _count_reads(tmp_path, monkeypatch):
+    """A file that grows by one byte per file the (forked) workers read."""
     log = tmp_path / "reads"
 
     def counted(path, spec, max_pixels):
@@ -202,6 +203,11 @@ def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path
         return decoded(path, spec, max_pixels)
 
     monkeypatch.setattr(pipeline, "decoded", counted)
+    return log
+
+
+def test_a_slow_consumer_holds_the_workers_at_the_slot_count(image_dir, tmp_path, monkeypatch):
+    log = _count_reads(tmp_path, monkeypatch)
     good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
     paths = (good * 40)[:120]
     with InputPipeline(SPEC, 64_000_000, 4, 2, depth=3) as pipe:
@@ -218,14 +224,7 @@ def test_workers_read_ahead_while_the_consumer_scores(image_dir, tmp_path, monke
     """Each worker holds two tasks: while the consumer works on batch 0, two workers read batches 1 and 2, and
     3 if they were quick enough to get more tasks while batch 0 was read (with one task each, they read batch 1
     and idled until the consumer came back for it)."""
-    log = tmp_path / "reads"
-
-    def counted(path, spec, max_pixels):
-        with open(log, "a") as file:
-            file.write("x")
-        return decoded(path, spec, max_pixels)
-
-    monkeypatch.setattr(pipeline, "decoded", counted)
+    log = _count_reads(tmp_path, monkeypatch)
     good = sorted(str(p) for p in (image_dir / "good").rglob("*.png"))
     paths = (good * 40)[:40]
     with InputPipeline(SPEC, 64_000_000, 4, 2) as pipe:  # tasks of two files, four slots

@@ -6,12 +6,14 @@ it refuses, and that what it relays arrives unchanged, both ways.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -127,20 +129,26 @@ class _Backend(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def guarded():
-    """A guard on a free port in front of the stand-in server; yields the guard's port."""
+@contextlib.contextmanager
+def _stand_in(limits: Limits) -> Iterator[tuple[int, ThreadingHTTPServer, RequestGuard]]:
+    """A guard on a free port in front of the stand-in server: the guard's port, the server, the guard."""
     port, backend_port = free_ports(2)
     backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _Backend)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
-    guard = RequestGuard("127.0.0.1", port, backend_port, Limits(max_request_bytes=1000))
+    guard = RequestGuard("127.0.0.1", port, backend_port, limits)
     guard.start()
     try:
-        yield port, backend
+        yield port, backend, guard
     finally:
         guard.stop()
         backend.shutdown()
         backend.server_close()
+
+
+@pytest.fixture
+def guarded():
+    with _stand_in(Limits(max_request_bytes=1000)) as (port, backend, _):
+        yield port, backend
 
 
 def test_requests_are_relayed_unchanged_on_one_kept_connection(guarded):
@@ -194,48 +202,35 @@ def test_answers_do_not_wait_for_delayed_acks(guarded):
 
 
 def test_connections_beyond_the_limit_are_refused_and_the_guard_goes_on():
-    port, backend_port = free_ports(2)
-    backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _Backend)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    guard = RequestGuard("127.0.0.1", port, backend_port, Limits(max_connections=2))
-    guard.start()
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
-    try:
-        time.sleep(0.2)  # both taken by their threads
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
-            answer = b"".join(iter(lambda: third.recv(4096), b""))
-        assert answer.startswith(b"HTTP/1.1 503") and b"more than 2 connections" in answer
-        idle.pop().close()
-        time.sleep(0.2)  # its thread ends, its place is free
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", "/v2/health/ready")
-        assert connection.getresponse().status == 200
-        connection.close()
-    finally:
-        for s in idle:
-            s.close()
-        guard.stop()
-        backend.shutdown()
-        backend.server_close()
+    with _stand_in(Limits(max_connections=2)) as (port, _, _):
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        try:
+            time.sleep(0.2)  # both taken by their threads
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
+                answer = b"".join(iter(lambda: third.recv(4096), b""))
+            assert answer.startswith(b"HTTP/1.1 503") and b"more than 2 connections" in answer
+            idle.pop().close()
+            time.sleep(0.2)  # its thread ends, its place is free
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/v2/health/ready")
+            assert connection.getresponse().status == 200
+            connection.close()
+        finally:
+            for s in idle:
+                s.close()
 
 
 def test_stopping_ends_kept_connections():
     """After a restart the server behind is another: a client's kept connection must end, not answer 503s."""
-    port, backend_port = free_ports(2)
-    backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _Backend)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    guard = RequestGuard("127.0.0.1", port, backend_port)
-    guard.start()
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", "/v2/health/ready")
-        assert connection.getresponse().read() and connection.sock is not None  # kept
-        guard.stop()
-        assert connection.sock.recv(1) == b""  # ended by the guard
-    finally:
-        connection.close()
-        backend.shutdown()
-        backend.server_close()
+    with _stand_in(Limits()) as (port, _, guard):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", "/v2/health/ready")
+            assert connection.getresponse().read() and connection.sock is not None  # kept
+            guard.stop()
+            assert connection.sock.recv(1) == b""  # ended by the guard
+        finally:
+            connection.close()
 
 
 def _raw_answer(port: int, request: bytes, then_close: bool = True) -> bytes:
@@ -276,12 +271,7 @@ def test_repeated_headers_are_relayed_as_sent(guarded):
 
 
 def test_request_bytes_held_at_once_are_bounded():
-    port, backend_port = free_ports(2)
-    backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _Backend)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    guard = RequestGuard("127.0.0.1", port, backend_port, Limits(max_request_bytes=100, max_buffered_bytes=150))
-    guard.start()
-    try:
+    with _stand_in(Limits(max_request_bytes=100, max_buffered_bytes=150)) as (port, _, _):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
             slow.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")  # its body never comes
             time.sleep(0.2)
@@ -290,10 +280,6 @@ def test_request_bytes_held_at_once_are_bounded():
             small = _raw_answer(port, b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n"
                                       b"Connection: close\r\n\r\n" + b"x" * 50)
             assert small.startswith(b"HTTP/1.1 200")
-    finally:
-        guard.stop()
-        backend.shutdown()
-        backend.server_close()
 
 
 def test_a_server_that_is_down_is_a_503(guarded):
