@@ -77,8 +77,9 @@ def parser() -> argparse.ArgumentParser:
     e2e.add_argument("--resize-on-device", action="store_true",
                      help="with --end-to-end: also time the workers decoding only and the runner resizing on its device "
                      "(Pillow's arithmetic, the same bytes)")
-    e2e.add_argument("--decode-gpu", action="store_true",
-                     help="with --end-to-end on a torch CUDA variant: also decode with nvJPEG on the GPU (not Pillow-exact)")
+    e2e.add_argument("--decode", choices=("pillow", "gpu"), default="pillow",
+                     help="with --end-to-end on a GPU variant, gpu: also time JPEGs decoded with nvJPEG on the GPU "
+                     "(detect-predict --decode gpu; not Pillow-exact: the report gives the differences)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     cli.add_debug_flag(p)
     return p
@@ -94,7 +95,7 @@ def _bench(args: argparse.Namespace) -> int:
     check_output(args.out, "benchmark report", folder=True)
     if args.end_to_end:
         return _end_to_end(args)
-    for flag, given in (("--workers", args.workers), ("--decode-gpu", args.decode_gpu),
+    for flag, given in (("--workers", args.workers), ("--decode gpu", args.decode == "gpu"),
                         ("--resize-on-device", args.resize_on_device)):
         if given:
             raise SpecdetError(f"{flag} needs --end-to-end")
@@ -138,14 +139,15 @@ def _end_to_end(args: argparse.Namespace) -> int:
     token = args.backends or BACKEND_BY_SUFFIX.get(artifact.suffix.lower(), "torch")
     (variant, _), *_ = variants.select(variants.parse_selection(token)[:1], artifact, [artifact], strict=True)
     name = variant.name
-    if args.decode_gpu and not name.startswith("torch-cuda"):
-        raise SpecdetError("--decode-gpu scores on the GPU: choose a torch-cuda variant with --backends")
+    if args.decode == "gpu" and variant.device != "cuda":
+        raise SpecdetError(f"--decode gpu decodes on the GPU; {name} runs on the {variant.device}: choose a GPU "
+                           "variant with --backends (torch-cuda-graphs-fp16, tensorrt, ...)")
     workers = _worker_counts(args.workers, cpus())
     batch = bench.parse_batch_sizes(args.batch_sizes or "8")[0]
     with tempfile.TemporaryDirectory(prefix="detect-bench-photos-") as folder:
         files = folder_images(args.images) if args.images else end_to_end.make_photos(Path(folder), args.photos)
         record = end_to_end.run(artifact, name, files, workers=workers, batch_size=batch, repeats=args.repeats,
-                                threads=args.threads, decode_gpu=args.decode_gpu,
+                                threads=args.threads, decode_on_device=args.decode == "gpu",
                                 resize_on_device=args.resize_on_device, command=args.command)
     paths = end_to_end.write(record, args.out)
     print(end_to_end.markdown(record))

@@ -318,7 +318,7 @@ def end_to_end(ctx: Context, name: str) -> dict[str, Any]:
     photos = ctx.work / "photos"
     files = sorted(photos.glob("*.jpg")) or e2e.make_photos(photos, count, sizes=sizes, processes=cpus)
     record = e2e.run(ctx.checkpoint(model), variant, files, workers=workers, batch_size=batch, repeats=repeats,
-                     decode_gpu=not ctx.dry_run, resize_on_device=True, command=f"gpu_suite: {model} {variant} end to end")
+                     decode_on_device=True, resize_on_device=True, command=f"gpu_suite: {model} {variant} end to end")
     return {"model": model, "markdown": e2e.markdown(record), "record": record}
 
 

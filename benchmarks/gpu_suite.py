@@ -273,7 +273,7 @@ def _files_per_s(record: dict) -> dict:
             "workers": best["workers"], "resize": best["resize"],
             "identical": all(r["identical_probabilities"] for r in record["rows"]) and bool(record["identical_crops"])
             and record["identical_device_crops"] is not False and record["same_as_float_input"],
-            "gpu_decode": (record.get("gpu_decode") or {}).get("images_per_s", {}).get("median")}
+            "device_decode": (record.get("device_decode") or {}).get("images_per_s", {}).get("median")}
 
 
 def _kernel_speedups(summary: list[dict]) -> list[dict]:
@@ -398,10 +398,10 @@ def _headline_md(head: dict[str, Any]) -> list[str]:
     files = head.get("files_to_probabilities")
     if files:
         lines += ["Files to probabilities (JPEG files in the page cache; images/s):", "",
-                  "| model | serial loop | best | with | same scores and crops as serial | nvJPEG (not exact) |",
+                  "| model | serial loop | best | with | same scores and crops as serial | decoded on the device (nvJPEG on a GPU) |",
                   "|---|---:|---:|---|---|---:|"]
         lines += [f"| {model} | {f['serial']:.0f} | {f['best']:.0f} | {f['workers']} workers, resize on {f.get('resize', 'worker')} | "
-                  f"{'yes' if f['identical'] else 'no'} | {f['gpu_decode'] or ''} |" for model, f in files.items()]
+                  f"{'yes' if f['identical'] else 'no'} | {f['device_decode'] or ''} |" for model, f in files.items()]
         lines.append("")
     return lines
 

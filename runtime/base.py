@@ -155,6 +155,12 @@ class Runner(abc.ABC):
                                "read them with specdet.runtime.preprocess.image_crop")
         return _outputs(self._infer_crops(crops), crops.shape[0])
 
+    def infer_device_crops(self, crops: Any) -> dict[str, np.ndarray]:
+        """Score uint8 ``[N, crop, crop, 3]`` crops held in a torch tensor on any device (decoded there:
+        :mod:`specdet.runtime.device_decode`). Here they are copied to the host and scored as :meth:`infer_crops`;
+        a runner on their device scores them where they are."""
+        return self.infer_crops(crops.cpu().numpy())
+
     def infer_batch(self, batch: Batch) -> dict[str, np.ndarray]:
         """Score a batch the input pipeline read: its crops, with the regions it left for the device resized first
         (here on the CPU; a runner on a GPU resizes them there, to the same bytes)."""

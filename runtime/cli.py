@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="processes reading and decoding images while the model scores (default: one per CPU "
                         "when the model runs on a GPU, a quarter of them on a CPU backend; 0 reads them in this "
                         "process, the serial loop; with --ray: per actor, default 0)")
+    parser.add_argument("--decode", choices=("pillow", "gpu"), default="pillow",
+                        help="pillow (default): decode with Pillow, the exact pixels every backend is checked on; "
+                        "gpu: decode JPEGs on the GPU with nvJPEG in this process (not Pillow's exact pixels: see "
+                        "the README's 'Files to probabilities'), other files with Pillow")
     parser.add_argument("--max-pixels", type=cli.PIXELS, default=MAX_PIXELS, metavar="N",
                         help=f"skip images of more than N pixels, as stored or once resized (default {MAX_PIXELS}, "
                         f"at most {MAX_PIXELS_CEILING})")
@@ -110,6 +114,8 @@ _RAY_ONLY = {"out": "--out", "ray_address": "--ray-address", "actors": "--actors
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.paths and not args.list:
         parser.error("give image files or folders to score (or --list FILE)")
+    if args.decode == "gpu" and (args.ray or args.workers):
+        parser.error("--decode gpu decodes in this process, on the GPU: leave out --ray and --workers")
     if args.ray:
         if args.json or args.csv:
             parser.error("--ray writes Parquet (--out); --json and --csv print to the terminal: give one or the other")
@@ -156,7 +162,8 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_ray(args, files, options)
     with Detector(args.artifact, args.backend, options, max_pixels=args.max_pixels) as detector, \
             progress_bar(total=len(files), unit="image") as bar:
-        results = detector.predict_files(files, args.batch_size or 8, progress=bar.update, workers=args.workers)
+        results = detector.predict_files(files, args.batch_size or 8, progress=bar.update, workers=args.workers,
+                                         decode_device="cuda" if args.decode == "gpu" else None)
     scored = [r for r in results if r.ok]
     for result in results:
         if not result.ok:

@@ -131,6 +131,7 @@ class Detector:
         batch_size: int = 8,
         progress: Callable[[int], None] | None = None,
         workers: int | None = None,
+        decode_device: str | None = None,
     ) -> list[Result]:
         """Score files, in order; a file that cannot be read is recorded with its error and skipped.
 
@@ -140,10 +141,19 @@ class Detector:
         default (:func:`~specdet.runtime.pipeline.default_workers`): one per CPU when the model runs on a GPU, a
         quarter of the CPUs beside a CPU backend, 0 (read here) for a single batch.
 
+        ``decode_device`` (a torch device, ``"cuda"`` for ``detect-predict --decode gpu``) decodes the JPEGs
+        there instead, in this process (:mod:`specdet.runtime.device_decode`: on a GPU, not Pillow's exact
+        pixels); the other files are read with Pillow here, and ``workers`` must be None or 0.
+
         ``progress(n)`` is called after each batch with the number of files it covered.
         """
         paths = [str(p) for p in paths]
         step = self._step(batch_size)
+        if decode_device is not None:
+            if workers:
+                raise SpecdetError("decoding on the device reads the files in this process: leave out workers "
+                                   "(--workers) or the device decoding (--decode gpu)")
+            return self._predict_on_device(paths, step, progress, decode_device)
         batches = -(-len(paths) // step)
         if workers is None:
             workers = default_workers(self._runner.uses_gpu) if batches > 1 else 0
@@ -157,27 +167,44 @@ class Detector:
                     progress(len(batch.paths))
         return results
 
+    def _predict_on_device(self, paths: list[str], step: int, progress: Callable[[int], None] | None,
+                           device: str) -> list[Result]:
+        from specdet.runtime.device_decode import DeviceDecoder
+
+        decoder = DeviceDecoder(self.preprocessing, self.max_pixels, device)
+        results: list[Result] = []
+        for first in range(0, len(paths), step):
+            chunk = paths[first:first + step]
+            crops, errors, frames = decoder.read(chunk)
+            scores = self._runner.infer_device_crops(crops) if errors.count(None) else None
+            results.extend(self._results(chunk, errors, frames, scores))
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
     def scored(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, list[Result]]]:
         """Each batch the input pipeline reads with its results, in order; the runner scores a batch while the
         next one is read (:func:`~specdet.runtime.base.score_batches`)."""
         for batch, scores in score_batches(self._runner, batches):
-            yield batch, self._results(batch, scores)
+            yield batch, self._results(batch.paths, batch.errors, batch.frames, scores)
 
     def score(self, batch: Batch) -> list[Result]:
         """The results of one batch the input pipeline read: its readable files scored, the rest with their errors."""
-        return self._results(batch, self._runner.infer_batch(batch) if batch.readable else None)
+        scores = self._runner.infer_batch(batch) if batch.readable else None
+        return self._results(batch.paths, batch.errors, batch.frames, scores)
 
-    def _results(self, batch: Batch, scores: dict[str, np.ndarray] | None) -> list[Result]:
+    def _results(self, paths: list[str], errors: list[str | None], frames: list[int],
+                 scores: dict[str, np.ndarray] | None) -> list[Result]:
         """A batch's results from its readable files' scores (None: none was readable)."""
-        results = [Result(path, error=error) for path, error in zip(batch.paths, batch.errors)]
+        results = [Result(path, error=error) for path, error in zip(paths, errors)]
         if scores is not None:
+            readable = [i for i, error in enumerate(errors) if error is None]
             ok = labelled(scores["probability"], scores["logit"]).tolist()
-            for i, good, p, logit in zip(batch.readable, ok, scores["probability"].tolist(), scores["logit"].tolist()):
+            for i, good, p, logit in zip(readable, ok, scores["probability"].tolist(), scores["logit"].tolist()):
                 if not good:
-                    results[i] = Result(batch.paths[i], error=NON_FINITE, frames=batch.frames[i])
+                    results[i] = Result(paths[i], error=NON_FINITE, frames=frames[i])
                     continue
-                results[i] = Result(batch.paths[i], probability=p, label=self.label(p), logit=logit,
-                                    frames=batch.frames[i])
+                results[i] = Result(paths[i], probability=p, label=self.label(p), logit=logit, frames=frames[i])
         return results
 
     def _step(self, batch_size: int) -> int:

@@ -26,6 +26,19 @@ def test_end_to_end_reports_each_worker_count_and_that_they_agree(tiny_checkpoin
     assert "| 2 |" in capsys.readouterr().out
 
 
+def test_the_device_decoding_row_on_the_cpu_gives_the_pillow_paths_pixels(tiny_checkpoint, tmp_path):
+    """The row the GPU suite records for nvJPEG, run on the CPU (torchvision's libjpeg-turbo, as Pillow's): every
+    step but the decoder is the GPU's, and here nothing may differ."""
+    photos = end_to_end.make_photos(tmp_path, 5, sizes=(300, 700))
+    record = end_to_end.run(tiny_checkpoint, "torch-fp32", photos, workers=[0], batch_size=2, repeats=2,
+                            decode_on_device=True)
+    row = record["device_decode"]
+    assert row["device"] == "cpu" and row["files_read_by_pillow"] == 0
+    assert row["largest_pixel_difference"] == 0 and row["largest_probability_difference"] == 0.0
+    assert row["images_per_s"]["median"] > 0
+    assert "JPEGs decoded on cpu" in end_to_end.markdown(record)
+
+
 def test_generated_photos_are_photo_size_jpegs(tmp_path):
     from PIL import Image
 
@@ -42,6 +55,8 @@ def test_generated_photos_are_photo_size_jpegs(tmp_path):
     (["--workers", "0,1"], "--workers needs --end-to-end"),
     (["--end-to-end", "--workers", "0,x"], "--workers '0,x'"),
     (["--end-to-end", "--backends", "openvino-cpu"], "openvino-cpu"),
+    (["--end-to-end", "--decode", "gpu"], "--decode gpu decodes on the GPU; torch-fp32 runs on the cpu"),
+    (["--decode", "gpu"], "--decode gpu needs --end-to-end"),
 ])
 def test_end_to_end_usage_errors_are_one_line(tiny_checkpoint, tmp_path, capsys, argv, message):
     code = cli.main([str(tiny_checkpoint), *argv, "--out", str(tmp_path / "o"), "--quiet"])

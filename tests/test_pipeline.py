@@ -10,15 +10,15 @@ import textwrap
 import time
 from pathlib import Path
 
+import image_corpus
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from specdet.errors import SpecdetError
 from specdet.runtime import Detector, pipeline
 from specdet.runtime.pipeline import InputPipeline
-from specdet.runtime.preprocess import ImageError, decoded, image_crop, image_pixels, normalise
+from specdet.runtime.preprocess import decoded, image_crop, image_pixels, normalise
 
 SPEC = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "interpolation": "bicubic"}
@@ -26,35 +26,11 @@ SPEC = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229
 
 @pytest.fixture(scope="module")
 def corpus(image_dir, tmp_path_factory) -> list[str]:
-    """The hostile-image corpus (EXIF orientation, CMYK, 16-bit, palette, alpha, grayscale, corrupt), plus
-    tiny, photo-size, multi-frame and unreadable entries, in an order that mixes good and bad."""
-    extra = tmp_path_factory.mktemp("more")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (1, 1, 3), np.uint8)).save(extra / "tiny.png")
-    Image.fromarray(rng.integers(0, 256, (1100, 1500, 3), np.uint8)).save(extra / "photo.jpg", quality=85)
-    Image.fromarray(rng.integers(0, 256, (3, 30000), np.uint8)).save(extra / "strip.png")  # too large once resized
-    frames = [Image.new("RGB", (64, 48), c) for c in ("red", "green", "blue")]
-    frames[0].save(extra / "animated.gif", save_all=True, append_images=frames[1:])
-    (extra / "folder.jpg").mkdir()
-    os.mkfifo(extra / "fifo.jpg")
-    good = sorted(str(p) for p in (image_dir / "good").rglob("*") if p.is_file() and p.suffix != ".txt")
-    bad = sorted(str(p) for p in (image_dir / "bad").iterdir())
-    odd = [str(extra / n) for n in ("tiny.png", "photo.jpg", "strip.png", "animated.gif", "folder.jpg", "fifo.jpg")]
-    odd.append(str(extra / "missing.jpg"))
-    mixed = [p for trio in zip(good, bad + odd, good[::-1]) for p in trio] + good + odd
-    return mixed
+    return image_corpus.make(image_dir, tmp_path_factory.mktemp("more"))
 
 
 def _serial(paths: list[str], max_pixels: int = 64_000_000) -> list[tuple[str | None, bytes | None, int]]:
-    out = []
-    for path in paths:
-        try:
-            crop, frames = image_crop(path, SPEC, max_pixels)
-        except ImageError as err:
-            out.append((err.reason, None, 1))
-        else:
-            out.append((None, crop.tobytes(), frames))
-    return out
+    return image_corpus.serial_reads(paths, SPEC, max_pixels)
 
 
 def _piped(paths: list[str], workers: int, batch: int, **kwargs) -> list[tuple[str | None, bytes | None, int]]:
