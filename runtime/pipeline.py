@@ -415,6 +415,9 @@ class InputPipeline:
             worker = min(self._pool, key=lambda w: len(w.tasks))
             if len(worker.tasks) >= WORKER_TASKS:
                 return
+            if not worker.tasks and not worker.process.is_alive():  # died idle (killed between runs, say)
+                self._replace_idle(worker)
+                continue
             task = run.tasks[run.queued[-1]]
             if task.number not in run.slots:
                 if not run.free:
@@ -443,12 +446,19 @@ class InputPipeline:
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 self._replace(worker, run)
 
+    def _replace_idle(self, worker: _Worker) -> None:
+        """A worker that died holding no task: start another; no file is read again or counted against."""
+        worker.process.join()
+        worker.conn.close()
+        self._pool[self._pool.index(worker)] = self._start()
+        self.restarts += 1
+        self.report(f"note: an idle input worker died ({_how(worker.process.exitcode)}); started another")
+
     def _replace(self, worker: _Worker, run: _Run) -> None:
         """A worker died holding tasks: start another; read the task it was reading again, once, and put the
         ones queued behind it back in line."""
         worker.process.join()
-        code = worker.process.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        how = _how(worker.process.exitcode)
         worker.conn.close()
         key, *waiting = worker.tasks
         self._pool[self._pool.index(worker)] = self._start()
@@ -462,3 +472,8 @@ class InputPipeline:
         else:
             reason = f"the input worker reading it died twice ({how}): a file among these may crash the decoder"
             run.done[key] = ([reason] * len(paths), [1] * len(paths), [])
+
+
+def _how(code: int | None) -> str:
+    """How a worker process ended, from its exit code."""
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"

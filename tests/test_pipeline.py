@@ -92,6 +92,23 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_duplicated(c
     assert lines and all(line.startswith("note: an input worker died (killed by signal 9)") for line in lines)
 
 
+def test_a_worker_that_died_idle_is_replaced_without_reading_anything_again(corpus):
+    lines = []
+    with InputPipeline(SPEC, 64_000_000, 2, 2, report=lines.append) as pipe:
+        first = [(e, f) for got in pipe.batches(corpus) for e, f in zip(got.errors, got.frames)]
+        dead = pipe._pool[0].process
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.join()
+        out = []
+        for got in pipe.batches(corpus):
+            crops = iter(got.crops)
+            out.extend((e, None if e else next(crops).tobytes(), f) for e, f in zip(got.errors, got.frames))
+        assert pipe.restarts == 1 and dead not in [w.process for w in pipe._pool]
+    assert out == _serial(corpus) and [(e, f) for e, _, f in out] == first
+    # One line, and not "reading N files; reading them again": it held no task, so none is counted as a try.
+    assert lines == ["note: an idle input worker died (killed by signal 9); started another"]
+
+
 def test_a_file_that_kills_its_worker_twice_costs_its_batch_only(corpus, monkeypatch):
     def crash_on_photo(path, spec, max_pixels):
         if path.endswith("photo.jpg"):
