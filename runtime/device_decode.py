@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import ExifTags, Image
+from PIL import Image
 
 from specdet.errors import SpecdetError
 from specdet.runtime import resample
-from specdet.runtime.preprocess import ImageError, check_spec, crop_pixels, image_crop, resized_size
+from specdet.runtime.preprocess import ImageError, check_spec, crop_pixels, exif_orientation, image_crop, resized_size
 
 # Larger files go through Pillow: their bytes would otherwise be held whole before any check of the header.
 MAX_FILE_BYTES = 64 << 20
@@ -98,19 +98,17 @@ class DeviceDecoder:
         crop = self.spec["crop"]
         errors: list[str | None] = [None] * len(paths)
         frames = [1] * len(paths)
-        made: dict[int, Any] = {}  # file -> its crop on the device
         eligible = {i: found for i, path in enumerate(paths) if (found := self._jpeg(path)) is not None}
-        decoded = self._decode([eligible[i][0] for i in eligible])
-        for i, image in zip(eligible, decoded):
-            if image is not None:
-                made[i] = image
+        decoded = dict(zip(eligible, self._decode([eligible[i][0] for i in eligible])))
+        made: dict[int, Any] = {}  # file -> its finished crop (on the host or the device); the resized ones follow
         regions, pieces, used = [], [], 0
         for i in range(len(paths)):
-            if i in made:
-                image = _orient(made[i].permute(1, 2, 0), eligible[i][1])
+            if decoded.get(i) is not None:
+                image = _orient(decoded[i].permute(1, 2, 0), eligible[i][1])
                 crop_plan = resample.plan((image.shape[1], image.shape[0]), self.spec)
                 if crop_plan is None:  # padded by the crop: nothing to resample, cut as the Pillow path cuts it
-                    made[i] = torch.from_numpy(crop_pixels(Image.fromarray(image.cpu().numpy()), self.spec))
+                    # A copy (torch.tensor): Pillow's array is read-only, which torch.from_numpy warns about.
+                    made[i] = torch.tensor(crop_pixels(Image.fromarray(image.cpu().numpy()), self.spec))
                     continue
                 (top, bottom), (left, right) = crop_plan.rows, crop_plan.cols
                 pieces.append(image[top:bottom, left:right].reshape(-1))
@@ -120,13 +118,12 @@ class DeviceDecoder:
             self.fallbacks += 1
             try:
                 pixels, frames[i] = image_crop(paths[i], self.spec, self.max_pixels)
-                made[i] = torch.tensor(pixels)  # a copy: Pillow's array is read-only
+                made[i] = torch.tensor(pixels)  # a copy, as above
             except ImageError as err:
                 errors[i] = err.reason
         crops = torch.empty((len(paths), crop, crop, 3), dtype=torch.uint8, device=self.device)
         for i, pixels in made.items():
-            if pixels.shape == (crop, crop, 3):  # the Pillow path's and padded crops; the rest are resized below
-                crops[i] = pixels.to(self.device)
+            crops[i] = pixels.to(self.device)
         if regions:
             resample.resize_regions(torch.cat(pieces), regions, crops)
         readable = [i for i, error in enumerate(errors) if error is None]
@@ -150,10 +147,10 @@ class DeviceDecoder:
                 if (image.format != "JPEG" or image.mode not in _DEVICE_MODES or getattr(image, "n_frames", 1) != 1
                         or width * height > self.max_pixels or resized[0] * resized[1] > self.max_pixels):
                     return None
-                orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+                orientation = exif_orientation(image)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
             return None
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation if orientation in range(1, 9) else 1
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation
 
     def _decode(self, encoded: list[Any]) -> list[Any]:
         """Each encoded file decoded to ``[3, H, W]`` uint8 on the device, or None where the decoder failed: one

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, UnidentifiedImageError
 
 from specdet.errors import SpecdetError
 from specdet.images import OPEN_FORMATS
@@ -63,6 +63,17 @@ _FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
 # pages show them; dropping alpha instead would expose whatever colour the
 # encoder left under fully transparent pixels, often black or noise.
 _BACKGROUND = (255, 255, 255)
+
+# Each EXIF orientation but 1 and the transposition that shows the image upright: ImageOps.exif_transpose's table.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # Modes whose pixels are wider than 8 bits, with the value that maps to white.
 # PNG 16-bit grayscale opens as one of the "I" modes; PIL's own convert("RGB")
@@ -103,7 +114,8 @@ def _load(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int]:
         return _to_rgb(_from_array(source)), 1
     if isinstance(source, Image.Image):
         _check_pixels(source, source.size, max_pixels)
-        return _to_rgb(ImageOps.exif_transpose(source)), getattr(source, "n_frames", 1)
+        upright = _upright(source)
+        return _to_rgb(source.copy() if upright is source else upright), getattr(source, "n_frames", 1)
     if isinstance(source, (bytes, bytearray, memoryview)):
         # An encoded file received over a network (the Triton models): decoded as the file on disk would be.
         return _decode(io.BytesIO(source), f"encoded image of {len(source)} bytes", max_pixels)
@@ -121,9 +133,10 @@ def _decode(file: Path | io.BytesIO, name: object, max_pixels: int) -> tuple[Ima
             # Counted before decoding: counting seeks through the frames and back to the first.
             frames = getattr(image, "n_frames", 1)
             image.load()  # decode now, so a truncated file fails here and not later
-            # In place: the image is ours, and a copy of every decoded photo costs the input workers time.
-            ImageOps.exif_transpose(image, in_place=True)
-            return _to_rgb(image), frames
+            upright = _upright(image)
+            if upright is not image:
+                image.close()  # the stored pixels, freed before the conversion to RGB
+            return _to_rgb(upright), frames
     except FileNotFoundError as err:
         raise ImageError(name, "no such file") from err
     except IsADirectoryError as err:
@@ -137,6 +150,21 @@ def _decode(file: Path | io.BytesIO, name: object, max_pixels: int) -> tuple[Ima
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         # PIL reports corrupt and truncated data with these types.
         raise ImageError(name, f"unreadable image ({' '.join(str(err).split())})") from err
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 to 8) as ImageOps.exif_transpose reads it, the XMP's where the EXIF has
+    none; 1 when it has none or another value."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return int(orientation) if orientation in _UPRIGHT else 1
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (itself when upright already): ImageOps.exif_transpose's
+    pixels, without its rewriting of the EXIF block, which raises struct.error on a tag whose value does not fit
+    its type (a damaged file's) and would end the run with a traceback."""
+    method = _UPRIGHT.get(exif_orientation(image))
+    return image if method is None else image.transpose(method)
 
 
 def _check_regular_file(path: Path) -> None:

@@ -170,3 +170,48 @@ def test_decode_gpu_refuses_workers_and_ray_in_one_line(tiny_checkpoint, corpus,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--decode gpu" in err[0]
+
+
+def test_images_the_crop_pads_keep_their_orientation_and_warn_nothing(tmp_path):
+    """pad_small with images smaller than the crop (cut on the host, not resampled): every orientation, colour
+    and grayscale, as the Pillow path cuts them, and no stray warning on stderr (torch.from_numpy warned about
+    Pillow's read-only array; torch warns once per process, so this checks it where nothing warned before)."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION] = orientation
+        for mode in ("RGB", "L"):
+            path = tmp_path / f"tiny-{orientation}-{mode}.jpg"
+            Image.fromarray(rng.integers(0, 256, (37, 61, 3), np.uint8)).convert(mode).save(path, exif=exif)
+            paths.append(str(path))
+    spec = {**SPEC, "resize": None, "pad_small": True}  # 61 x 37 stays so, padded to 224
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, decoder = _device_reads(paths, batch=5, spec=spec)
+    assert got == image_corpus.serial_reads(paths, spec)
+    assert decoder.fallbacks == 0
+    assert [str(w.message) for w in caught] == []
+
+
+def test_an_oriented_jpeg_with_a_damaged_exif_block_is_read_by_both_paths(tmp_path):
+    """A tag whose value does not fit its type (a rational in PhotometricInterpretation, a SHORT): Pillow's
+    exif_transpose raised struct.error rewriting the EXIF block, a traceback on the Pillow path (and for a PIL
+    image given to load_image), while the device path read the file."""
+    from specdet.runtime.preprocess import load_image
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    exif[0x011A] = 72.0  # XResolution, a rational: renamed below
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (70, 90, 3), np.uint8)).save(buffer, format="JPEG",
+                                                                                            exif=exif)
+    assert buffer.getvalue().count(b"\x01\x1a\x00\x05") == 1  # big-endian tag 0x011A of type RATIONAL
+    path = tmp_path / "damaged-exif.jpg"
+    path.write_bytes(buffer.getvalue().replace(b"\x01\x1a\x00\x05", b"\x01\x06\x00\x05"))
+    got, decoder = _device_reads([str(path)], batch=1, spec={**SPEC, "resize": None, "crop": 64})
+    assert got == image_corpus.serial_reads([str(path)], {**SPEC, "resize": None, "crop": 64})
+    assert got[0][0] is None and decoder.fallbacks == 0
+    assert load_image(Image.open(path)).size == (70, 90)  # turned upright: 90 x 70 stored
