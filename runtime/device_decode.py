@@ -71,7 +71,11 @@ class DeviceDecoder:
         import torch
 
         check_spec(spec)
-        self.spec, self.max_pixels, self.device = spec, max_pixels, torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise SpecdetError(f"{device!r} is not a torch device: give 'cuda', 'cuda:1' or 'cpu'") from None
+        self.spec, self.max_pixels = spec, max_pixels
         self.fallbacks = 0
         if self.device.type == "cuda":
             self._check_gpu()
@@ -136,19 +140,23 @@ class DeviceDecoder:
 
         try:
             path = Path(path)
-            if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+            if not path.is_file():  # a FIFO or device is never opened here (nor by the Pillow path)
                 return None
-            data = path.read_bytes()
-            if not data.rstrip(b"\0\r\n ").endswith(_END_OF_IMAGE):  # truncated: Pillow refuses it, nvJPEG may not
+            with open(path, "rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)  # bounded, whatever stat said: a file may grow meanwhile
+            if len(data) > MAX_FILE_BYTES or not data.rstrip(b"\0\r\n ").endswith(_END_OF_IMAGE):  # truncated: Pillow refuses it, nvJPEG may not
                 return None
             with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:  # the header only: nothing decoded
                 width, height = image.size
                 resized = resized_size(image.size, self.spec)
+                # An RGB-coded JPEG (Adobe transform 0) is left to Pillow: whether nvJPEG honours the marker, rather
+                # than convert it as YCbCr, is unchecked (torchvision's libjpeg-turbo does: tested on the CPU).
                 if (image.format != "JPEG" or image.mode not in _DEVICE_MODES or getattr(image, "n_frames", 1) != 1
+                        or image.info.get("adobe_transform") == 0
                         or width * height > self.max_pixels or resized[0] * resized[1] > self.max_pixels):
                     return None
                 orientation = exif_orientation(image)
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        except Exception:  # noqa: BLE001 (any trouble with the header: the Pillow path reads the file and says what)
             return None
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation
 

@@ -116,6 +116,9 @@ def test_what_goes_to_the_device(jpegs, tmp_path, monkeypatch):
     assert decoder._jpeg(tmp_path / "trailing.jpg") is not None
     assert decoder._jpeg(tmp_path / "cmyk.jpg") is None
     assert decoder._jpeg(tmp_path / "png.jpg") is None
+    Image.open(jpegs[0]).save(tmp_path / "rgb-coded.jpg", keep_rgb=True)  # Adobe transform 0: no YCbCr
+    assert Image.open(tmp_path / "rgb-coded.jpg").info.get("adobe_transform") == 0
+    assert decoder._jpeg(tmp_path / "rgb-coded.jpg") is None
     assert DeviceDecoder(SPEC, 1000 * 700, "cpu")._jpeg(jpegs[0]) is None  # over the pixel limit: Pillow says so
     monkeypatch.setattr(device_decode, "MAX_FILE_BYTES", len(data) - 1)
     assert decoder._jpeg(jpegs[0]) is None
@@ -215,3 +218,8 @@ def test_an_oriented_jpeg_with_a_damaged_exif_block_is_read_by_both_paths(tmp_pa
     assert got == image_corpus.serial_reads([str(path)], {**SPEC, "resize": None, "crop": 64})
     assert got[0][0] is None and decoder.fallbacks == 0
     assert load_image(Image.open(path)).size == (70, 90)  # turned upright: 90 x 70 stored
+
+
+def test_a_wrong_device_name_is_a_one_line_error():
+    with pytest.raises(SpecdetError, match="'gpu' is not a torch device"):
+        DeviceDecoder(SPEC, 64_000_000, "gpu")
